@@ -1,0 +1,86 @@
+"""Every error the worker raises, under one root.
+
+    WorkerError
+    ├── ConfigurationError      settings or keys unusable; raised at start
+    ├── InvalidRequest          a withdrawal request refused at the edge (names each field)
+    ├── WorkflowError           the Arazzo document or its evaluation
+    │   ├── DocumentError       document invalid, operationId not found
+    │   ├── ExpressionError     malformed or unresolvable runtime expression
+    │   └── CriteriaError       malformed success criterion
+    ├── JobError                the job store
+    │   └── LeaseLost           another run of the same step holds a newer lease
+    └── ExchangeError           talking to the exchange; the type decides what may be done next
+        ├── TransientError      certainly not processed: retry with backoff
+        ├── RejectedError       processed and refused (4xx): terminal, keeps code and message
+        └── AmbiguousError      may have been processed: look it up before anything is re-sent
+
+Messages never carry secrets: the API secret, signatures and two-factor tokens
+are kept out of every error raised here.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of all worker errors."""
+
+
+class ConfigurationError(WorkerError):
+    pass
+
+
+class InvalidRequest(WorkerError):
+    """A request refused at the edge. `errors` maps each bad field to its reason."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = dict(errors)
+        detail = "; ".join(f"{field}: {reason}" for field, reason in self.errors.items())
+        super().__init__(f"invalid withdrawal request: {detail}")
+
+
+class WorkflowError(WorkerError):
+    pass
+
+
+class DocumentError(WorkflowError):
+    pass
+
+
+class ExpressionError(WorkflowError):
+    pass
+
+
+class CriteriaError(WorkflowError):
+    pass
+
+
+class JobError(WorkerError):
+    pass
+
+
+class LeaseLost(JobError):
+    pass
+
+
+class ExchangeError(WorkerError):
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientError(ExchangeError):
+    """The exchange certainly did not act on the request; it is safe to send again."""
+
+
+class AmbiguousError(ExchangeError):
+    """The request may have been processed; never re-send without looking it up first."""
+
+
+class RejectedError(ExchangeError):
+    """The exchange refused the request. Terminal: keep `code` and `message`."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}", status=status)
+        self.code = code
+        self.message = message
