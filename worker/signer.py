@@ -103,6 +103,12 @@ class Signer:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def open_sealed(self, sealed: bytes) -> str:
+        """Open a value sealed to this key pair (see `worker.twofactor`)."""
+        from worker.twofactor import unseal
+
+        return unseal(sealed, self._signing_key)
+
     def sign(self, message: str) -> str:
         return base64.b64encode(self._signing_key.sign(message.encode()).signature).decode()
 

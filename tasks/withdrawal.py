@@ -1,0 +1,58 @@
+"""The workflow's steps as Celery tasks, one per Arazzo step, chained in the document's order.
+
+Each task carries the job id only; everything else is in the job record. The
+tasks are thin: the core (`worker.steps.StepRunner`) runs the step and says
+what to do next.
+"""
+
+from __future__ import annotations
+
+from celery import Task, chain
+
+from worker import withdrawal
+from worker.app import app, step_runner
+from worker.arazzo import withdrawal_workflow
+from worker.steps import Next
+
+TASK_PREFIX = "withdrawal."
+
+
+def _run(task: Task, job_id: str, step_id: str) -> dict[str, str]:
+    outcome: Next = step_runner().run(job_id, step_id)
+    if outcome.action == "retry":
+        # A new message with a countdown (never a sleep in a worker slot); the
+        # countdown is capped below the visibility timeout by Settings.
+        raise task.retry(countdown=outcome.countdown, max_retries=None)
+    if outcome.action == "stop":
+        task.request.chain = None  # the job has ended: the rest of the chain must not run
+    return {"job_id": job_id, "step": step_id, "next": outcome.action, "state": outcome.state}
+
+
+@app.task(name=TASK_PREFIX + withdrawal.BALANCE_STEP, bind=True, acks_late=True)
+def get_balances(self: Task, job_id: str) -> dict[str, str]:
+    return _run(self, job_id, withdrawal.BALANCE_STEP)
+
+
+@app.task(name=TASK_PREFIX + withdrawal.REQUEST_STEP, bind=True, acks_late=True)
+def request_withdrawal(self: Task, job_id: str) -> dict[str, str]:
+    return _run(self, job_id, withdrawal.REQUEST_STEP)
+
+
+@app.task(name=TASK_PREFIX + withdrawal.RECONCILE_STEP, bind=True, acks_late=True)
+def reconcile_withdrawal(self: Task, job_id: str) -> dict[str, str]:
+    return _run(self, job_id, withdrawal.RECONCILE_STEP)
+
+
+STEP_TASKS = {
+    withdrawal.BALANCE_STEP: get_balances,
+    withdrawal.REQUEST_STEP: request_withdrawal,
+    withdrawal.RECONCILE_STEP: reconcile_withdrawal,
+}
+
+
+def workflow_chain(job_id: str, from_step: str | None = None):
+    """The chain of step tasks in the document's order, optionally from a given step on."""
+    step_ids = [s.step_id for s in withdrawal_workflow().steps]
+    if from_step is not None:
+        step_ids = step_ids[step_ids.index(from_step):]
+    return chain(*(STEP_TASKS[step_id].si(job_id) for step_id in step_ids))

@@ -1,0 +1,74 @@
+"""The backoff policy and the withdrawal rules: pure functions."""
+
+import random
+from decimal import Decimal
+
+import pytest
+
+from worker import withdrawal
+from worker.policy import Backoff
+
+
+@pytest.mark.parametrize("attempt, expected", [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (10, 10.0)])
+def test_backoff_grows_and_caps(attempt, expected):
+    assert Backoff(1.0, 2.0, 10.0).delay(attempt) == expected
+
+
+def test_jitter_stays_between_half_and_full_delay():
+    policy = Backoff(1.0, 2.0, 10.0, jitter=True)
+    rng = random.Random(7)
+    for attempt in range(8):
+        base = Backoff(1.0, 2.0, 10.0).delay(attempt)
+        for _ in range(50):
+            assert base / 2 <= policy.delay(attempt, rng) <= base
+
+
+def test_exhausted_counts_attempts():
+    policy = Backoff(1, 2, 10, max_attempts=3)
+    assert not policy.exhausted(2) and policy.exhausted(3)
+    assert not Backoff(1, 2, 10).exhausted(10**6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(initial=-1, factor=2, max_delay=1), dict(initial=1, factor=0.5, max_delay=1),
+                                    dict(initial=1, factor=2, max_delay=0), dict(initial=1, factor=2, max_delay=1,
+                                                                                 max_attempts=0)])
+def test_bad_policy_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        Backoff(**kwargs)
+
+
+BALANCES = {"USDC": {"available": "100.5", "locked": "3", "staked": "0"}}
+
+
+@pytest.mark.parametrize("symbol, quantity, short", [
+    ("USDC", "100.5", False), ("USDC", "100.50000001", True), ("USDC", "1", False),
+    ("SOL", "0.000001", True),  # a symbol missing from the balances counts as zero
+])
+def test_shortfall(symbol, quantity, short):
+    assert (withdrawal.shortfall(BALANCES, symbol, Decimal(quantity)) is not None) is short
+
+
+def test_locked_funds_do_not_count():
+    assert withdrawal.available(BALANCES, "USDC") == Decimal("100.5")
+
+
+@pytest.mark.parametrize("key", ["abc", "payout-2026-11-25_1", "x" * 60])
+def test_client_id_is_prefixed_key_when_url_safe(key):
+    assert withdrawal.client_id(key) == f"wd-{key}"
+
+
+@pytest.mark.parametrize("key", ["has space", "x" * 61, "ümlaut", "a/b"])
+def test_client_id_is_hashed_otherwise_and_always_url_safe(key):
+    cid = withdrawal.client_id(key)
+    assert cid.startswith("wd-") and len(cid) <= 64
+    assert all(c.isalnum() or c in "-_" for c in cid)
+    assert cid == withdrawal.client_id(key)
+
+
+@pytest.mark.parametrize("status, meaning", [
+    ("confirmed", "confirmed"), ("pending", "in_progress"), ("ownershipVerificationRequired", "needs_review"),
+    ("recipientInformationRequired", "needs_review"), ("void", "needs_review"), (None, "needs_review"),
+    ("somethingNew", "needs_review"),
+])
+def test_settlement(status, meaning):
+    assert withdrawal.settlement(status) == meaning

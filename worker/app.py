@@ -1,0 +1,55 @@
+"""The Celery application and the process-wide objects the tasks share."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery, signals
+
+from config import settings as config_settings
+from config.celery import celery_settings
+from worker import logs
+from worker.arazzo import withdrawal_workflow
+from worker.client import BackpackClient
+from worker.jobs import JobStore
+from worker.signer import Signer
+from worker.steps import StepRunner
+
+app = Celery("withdrawal")
+app.config_from_object(celery_settings(config_settings.get()))
+app.conf.include = ["tasks.withdrawal"]
+
+
+@lru_cache(maxsize=1)
+def job_store() -> JobStore:
+    s = config_settings.get()
+    return JobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout)
+
+
+@lru_cache(maxsize=1)
+def signer() -> Signer:
+    s = config_settings.get()
+    return Signer.from_secret(s.api_key(), s.api_secret())
+
+
+@lru_cache(maxsize=1)
+def step_runner() -> StepRunner:
+    s = config_settings.get()
+    client = BackpackClient(
+        s.backpack_base_url, signer(), connect_timeout=s.http_connect_timeout, read_timeout=s.http_read_timeout,
+        window_ms=s.backpack_window_ms,
+    )
+    return StepRunner(job_store(), client, withdrawal_workflow(), s, signer().open_sealed)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    s = config_settings.get()
+    logs.configure(s.log_level, s.log_format)
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: object) -> None:
+    # A forked pool process must not share the parent's sockets.
+    job_store.cache_clear()
+    step_runner.cache_clear()

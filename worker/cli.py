@@ -1,0 +1,204 @@
+"""`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker and the sandbox."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from config import settings as config_settings
+from worker import logs
+from worker.errors import ConfigurationError, InvalidRequest, JobError, WorkerError
+
+# Named exit codes
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad input or arguments (click uses 2 too)
+EXIT_NEEDS_REVIEW = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONFIG = 78
+
+STATE_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "needs_review": EXIT_NEEDS_REVIEW}
+STATE_STYLE = {"succeeded": "green", "failed": "red", "needs_review": "yellow", "running": "cyan", "queued": "blue"}
+
+console = Console(highlight=False)
+
+
+def _settings():
+    try:
+        return config_settings.get()
+    except ConfigurationError as exc:
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(EXIT_CONFIG)
+
+
+@click.group()
+def main() -> None:
+    """Run and inspect Backpack balance-checked withdrawals."""
+
+
+@main.command()
+@click.option("--symbol", required=True, help="Asset to withdraw, e.g. USDC.")
+@click.option("--blockchain", required=True, help="Blockchain, e.g. Solana.")
+@click.option("--address", required=True, help="Destination address (2FA-exempt in the address book).")
+@click.option("--quantity", required=True, help="Decimal string, e.g. 12.5.")
+@click.option("--idempotency-key", help="Same key, same job: a repeated submit never withdraws twice.")
+@click.option("--two-factor-token", envvar="BPX_TWO_FACTOR_TOKEN", help="Read from BPX_TWO_FACTOR_TOKEN if unset.")
+@click.option("--window", type=int, help="X-Window in ms (1-60000).")
+@click.option("--wait/--no-wait", default=False, help="Follow the job until it ends.")
+def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_token, window, wait) -> None:
+    """Validate and enqueue one withdrawal; prints the job id."""
+    from worker.api import submit_withdrawal
+
+    _settings()
+    try:
+        job_id = submit_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
+                                   two_factor_token=two_factor_token, window=window)
+    except InvalidRequest as exc:
+        console.print("[red]refused, nothing was written:[/red]")
+        for name, reason in exc.errors.items():
+            console.print(f"  {name}: {reason}")
+        sys.exit(EXIT_USAGE)
+    click.echo(job_id)
+    if wait:
+        sys.exit(_follow(job_id))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw record.")
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job's record: state, steps, outputs, error."""
+    from worker.api import get_job
+
+    _settings()
+    try:
+        record = get_job(job_id)
+    except JobError as exc:
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(EXIT_NOT_FOUND)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        show(record)
+
+
+@main.command()
+@click.argument("job_id")
+def watch(job_id: str) -> None:
+    """Follow a job's steps live until it ends; the exit code tells the outcome."""
+    _settings()
+    sys.exit(_follow(job_id))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", type=int, help="Worker processes (default WORKER_CONCURRENCY).")
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (the sweep of stalled jobs).")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
+    """Start a Celery worker for the withdrawal queue (extra options go to celery)."""
+    from worker.app import app
+
+    s = _settings()
+    argv = ["worker", "--loglevel", s.log_level, "--concurrency", str(concurrency or s.worker_concurrency)]
+    if beat:
+        argv.append("--beat")
+    app.worker_main(argv + list(ctx.args))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def sandbox(ctx: click.Context) -> None:
+    """Start the local sandbox exchange (`bpx-worker sandbox --help` for its options)."""
+    from worker.sandbox import main as sandbox_main
+
+    sys.exit(sandbox_main(list(ctx.args)))
+
+
+@main.command(name="run-inprocess")
+@click.option("--symbol", required=True)
+@click.option("--blockchain", required=True)
+@click.option("--address", required=True)
+@click.option("--quantity", required=True)
+@click.option("--idempotency-key", help="Used to derive the clientId.")
+@click.option("--seed-only", is_flag=True, help="Run the seed document as published, without the worker's additions.")
+def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, seed_only) -> None:
+    """Run the whole workflow in this process (no Celery, no Redis) and print its outputs."""
+    import uuid
+
+    from worker.runner import run_withdrawal_inprocess
+
+    s = _settings()
+    inputs = {"symbol": symbol, "blockchain": blockchain, "address": address, "quantity": quantity}
+    result = run_withdrawal_inprocess(s, inputs, idempotency_key or uuid.uuid4().hex, seed_only=seed_only)
+    click.echo(json.dumps({"state": result.state, "outputs": result.outputs, "error": result.error}, indent=2))
+    sys.exit(STATE_EXIT.get(result.state, EXIT_FAILED))
+
+
+@main.command()
+def demo() -> None:
+    """`make run`: a private stack and a few withdrawals, shown step by step."""
+    from worker.demo import run_demo
+
+    logs.configure("WARNING")
+    sys.exit(run_demo(console))
+
+
+# --- display -----------------------------------------------------------------------------------
+
+
+def show(record: dict[str, Any]) -> None:
+    state = record["state"]
+    console.print(f"job [bold]{record['job_id']}[/bold]  state [{STATE_STYLE.get(state, 'white')}]{state}[/]"
+                  f"  clientId {record.get('client_id')}")
+    inputs = record.get("inputs", {})
+    console.print("  " + "  ".join(f"{k}={v}" for k, v in inputs.items()))
+    table = Table("step", "state", "runs", "status", "seconds", "detail", box=None, pad_edge=False)
+    for step_id, step in record.get("steps", {}).items():
+        detail = {k: v for k, v in (step.get("outputs") or {}).items() if k != "balances"}
+        if "polls" in step:
+            detail["polls"] = step["polls"]
+        table.add_row(step_id, step.get("state", ""), str(step.get("runs", "")), str(step.get("status_code", "")),
+                      str(step.get("seconds", "")), json.dumps(detail) if detail else "")
+    console.print(table)
+    if record.get("outputs"):
+        console.print(f"  outputs {json.dumps(record['outputs'])}")
+    if record.get("error"):
+        error = record["error"]
+        console.print(f"  [red]error at {error['step']}: {error['code']}: {error['message']}[/red]")
+
+
+def _follow(job_id: str, out: Console | None = None) -> int:
+    """Print each event of the job as it happens; return the exit code of its final state."""
+    from worker.app import job_store
+
+    out = out or console
+    store = job_store()
+    if store.get(job_id) is None:
+        out.print(f"[red]no job {job_id}[/red]")
+        return EXIT_NOT_FOUND
+    last = "0-0"
+    while True:
+        for entry_id, event in store.events(job_id, last, block_ms=2000):
+            last = entry_id
+            out.print(f"  {time.strftime('%H:%M:%S')} {_describe(event)}")
+        record = store.require(job_id)
+        if record["state"] in ("succeeded", "failed", "needs_review"):
+            outputs = json.dumps(record.get("outputs") or {})
+            out.print(f"  => [{STATE_STYLE[record['state']]}]{record['state']}[/] {outputs}")
+            return STATE_EXIT[record["state"]]
+
+
+def _describe(event: dict[str, str]) -> str:
+    kind = event.get("event", "?")
+    detail = " ".join(f"{k}={v}" for k, v in event.items() if k != "event")
+    return f"{kind:<18} {detail}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""`make run`: start a private stack, submit a few withdrawals, show each one travel, shut down."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from rich.console import Console
+
+from worker.local import local_stack
+
+SCENARIOS = [
+    ("withdraws 25 USDC; the exchange records it only after a lag, so reconciliation polls",
+     dict(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress111", quantity="25")),
+    ("asks for more SOL than the account holds: refused at the balance check, nothing sent",
+     dict(symbol="SOL", blockchain="Solana", address="DemoSolanaAddress111", quantity="500")),
+]
+
+
+def run_demo(console: Console) -> int:
+    sandbox_args = ["--balances", "USDC=1000,SOL=10", "--history-lag", "1.5", "--confirm-delay", "3"]
+    with local_stack(sandbox_args=sandbox_args) as stack:
+        os.environ.update(stack.env(RECONCILE_INITIAL_DELAY="0.5", RECONCILE_MAX_DELAY="4"))
+        from worker.api import submit_withdrawal
+        from worker.cli import _follow, show
+
+        console.print(f"redis {stack.redis_url}   sandbox {stack.sandbox_url}   worker started\n")
+        outcomes = []
+        for title, request in SCENARIOS:
+            console.rule(title)
+            job_id = submit_withdrawal(**request)
+            console.print(f"submitted job {job_id}")
+            outcomes.append(_follow(job_id, console))
+            show(_record(job_id))
+
+        console.rule("the same idempotency key submitted twice: one job, one withdrawal")
+        key = f"payout-{uuid.uuid4().hex[:8]}"
+        first = submit_withdrawal(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress222", quantity="10",
+                                  idempotency_key=key)
+        second = submit_withdrawal(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress222",
+                                   quantity="10", idempotency_key=key)
+        console.print(f"first submit  -> {first}\nsecond submit -> {second}  (same job: {first == second})")
+        outcomes.append(_follow(first, console))
+
+        import requests
+
+        ledger = requests.get(stack.sandbox_url + "/_sandbox/ledger", timeout=5).json()
+        console.rule("sandbox ledger")
+        for w in ledger["withdrawals"]:
+            console.print(f"  #{w['id']} {w['quantity']} {w['symbol']} -> {w['toAddress']} "
+                          f"clientId={w['clientId']} status={w['status']}")
+        console.print(f"  balances {ledger['balances']}")
+    expected = [0, 1, 0]  # succeeded, failed, succeeded
+    return 0 if outcomes == expected and first == second else 1
+
+
+def _record(job_id: str) -> dict:
+    from worker.api import get_job
+
+    return get_job(job_id)

@@ -1,0 +1,213 @@
+"""The job store: the only module that knows Redis key names.
+
+Keys (all under the prefix `bpxw:`):
+
+| key                          | type       | holds                                                    |
+|------------------------------|------------|----------------------------------------------------------|
+| `bpxw:job:<id>`              | string     | the job record, JSON (the source of truth for every step)|
+| `bpxw:job:<id>:events`       | stream     | one entry per change, for `watch`                        |
+| `bpxw:job:<id>:lease`        | string, PX | holder id of the run now working on the job              |
+| `bpxw:job:<id>:fence`        | counter    | fencing token: bumped at every lease grant               |
+| `bpxw:job:<id>:sealed2fa`    | string     | the two-factor token sealed to the worker's key; deleted |
+|                              |            | as soon as the withdrawal request has used it            |
+| `bpxw:idem:<key>`            | string     | idempotency key -> job id, created once with SET NX      |
+| `bpxw:jobs`                  | sorted set | every job id by creation time                            |
+
+Every write to a record after submission is fenced: it happens only while the
+writer's fencing token is still the newest, so a run that paused past its
+lease (and was replaced) can no longer change the record. When a job ends, its
+keys get the retention period as TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.errors import JobError, LeaseLost
+
+PREFIX = "bpxw:"
+TERMINAL = frozenset({"succeeded", "failed", "needs_review"})
+STATES = ("queued", "running", *sorted(TERMINAL))
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{job_key(job_id)}:events"
+
+
+def lease_key(job_id: str) -> str:
+    return f"{job_key(job_id)}:lease"
+
+
+def fence_key(job_id: str) -> str:
+    return f"{job_key(job_id)}:fence"
+
+
+def sealed_2fa_key(job_id: str) -> str:
+    return f"{job_key(job_id)}:sealed2fa"
+
+
+def idem_key(idempotency_key: str) -> str:
+    return f"{PREFIX}idem:{idempotency_key}"
+
+
+JOBS_INDEX = f"{PREFIX}jobs"
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    holder: str
+    token: int
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, retention: int = 7 * 24 * 3600):
+        self.redis = client
+        self.retention = retention
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0) -> "JobStore":
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            health_check_interval=15, retry_on_timeout=True,
+        )
+        return cls(client, retention)
+
+    # --- creation ---------------------------------------------------------------------------
+
+    def create(self, idempotency_key: str, record: dict[str, Any], sealed_2fa: bytes | None = None) -> tuple[str, bool]:
+        """Create the job for `idempotency_key` once. Returns (job_id, created)."""
+        job_id = uuid.uuid4().hex
+        if not self.redis.set(idem_key(idempotency_key), job_id, nx=True):
+            existing = self.redis.get(idem_key(idempotency_key))
+            if existing is None:  # expired between the two calls: try again
+                return self.create(idempotency_key, record, sealed_2fa)
+            return existing, False
+        now = time.time()
+        record = {**record, "job_id": job_id, "idempotency_key": idempotency_key, "state": "queued",
+                  "created_at": now, "updated_at": now}
+        with self.redis.pipeline() as pipe:
+            pipe.set(job_key(job_id), json.dumps(record))
+            pipe.zadd(JOBS_INDEX, {job_id: now})
+            if sealed_2fa is not None:
+                pipe.set(sealed_2fa_key(job_id), sealed_2fa.hex())
+            pipe.xadd(events_key(job_id), {"event": "queued", "state": "queued"}, maxlen=1000)
+            pipe.execute()
+        return job_id, True
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(job_key(job_id))
+        return json.loads(raw) if raw else None
+
+    def require(self, job_id: str) -> dict[str, Any]:
+        record = self.get(job_id)
+        if record is None:
+            raise JobError(f"no job {job_id}")
+        return record
+
+    def job_ids(self) -> list[str]:
+        return self.redis.zrange(JOBS_INDEX, 0, -1)
+
+    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict]]:
+        """Events after stream id `after`; with `block_ms`, wait that long for the next ones."""
+        answer = self.redis.xread({events_key(job_id): after}, block=block_ms)
+        return [(entry_id, fields) for _, entries in answer for entry_id, fields in entries]
+
+    def sealed_2fa(self, job_id: str) -> bytes | None:
+        raw = self.redis.get(sealed_2fa_key(job_id))
+        return bytes.fromhex(raw) if raw else None
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def acquire(self, job_id: str, ttl: float) -> Lease | None:
+        """A lease on the job, with a fencing token newer than any before; None when held."""
+        holder = secrets.token_hex(8)
+        token = int(self._acquire(keys=[lease_key(job_id), fence_key(job_id)], args=[holder, int(ttl * 1000)]))
+        return Lease(job_id, holder, token) if token else None
+
+    def lease_ttl(self, job_id: str) -> float:
+        ms = self.redis.pttl(lease_key(job_id))
+        return max(ms, 0) / 1000
+
+    def release(self, lease: Lease) -> None:
+        self._release(keys=[lease_key(lease.job_id)], args=[lease.holder])
+
+    @contextmanager
+    def leased(self, job_id: str, ttl: float) -> Iterator[Lease | None]:
+        lease = self.acquire(job_id, ttl)
+        try:
+            yield lease
+        finally:
+            if lease is not None:
+                self.release(lease)
+
+    # --- fenced updates ---------------------------------------------------------------------
+
+    def update(
+        self, lease: Lease, change: Callable[[dict[str, Any]], None], event: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Apply `change` to the record while `lease` still holds the newest fencing token."""
+        key = job_key(lease.job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key, fence_key(lease.job_id))
+                    if int(pipe.get(fence_key(lease.job_id)) or 0) != lease.token:
+                        raise LeaseLost(f"job {lease.job_id}: a newer run holds the job")
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise JobError(f"no job {lease.job_id}")
+                    record = json.loads(raw)
+                    change(record)
+                    record["updated_at"] = time.time()
+                    pipe.multi()
+                    pipe.set(key, json.dumps(record))
+                    if event:
+                        pipe.xadd(events_key(lease.job_id), _flat(event), maxlen=1000)
+                    if record["state"] in TERMINAL:
+                        self._expire(pipe, record)
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def drop_sealed_2fa(self, job_id: str) -> None:
+        self.redis.delete(sealed_2fa_key(job_id))
+
+    def _expire(self, pipe, record: dict[str, Any]) -> None:
+        job_id = record["job_id"]
+        for key in (job_key(job_id), events_key(job_id), fence_key(job_id), idem_key(record["idempotency_key"])):
+            pipe.expire(key, self.retention)
+        pipe.delete(sealed_2fa_key(job_id))
+
+
+def _flat(event: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.items() if v is not None}

@@ -1,0 +1,58 @@
+"""structlog set-up: ids bound per task, secrets redacted by a processor, handlers only at entry points."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"secret|signature|token|password|x-api-key|authorization", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Drop the value of any field whose name says it is a secret, at any depth."""
+    return {k: _clean(k, v) for k, v in event.items()}
+
+
+def _clean(key: str, value: Any) -> Any:
+    if isinstance(key, str) and _SECRET_KEYS.search(key) and key != "event":
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _clean(k, v) for k, v in value.items()}
+    return value
+
+
+SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    redact,
+]
+
+
+def configure(level: str = "INFO", fmt: str = "console") -> None:
+    """Route structlog and stdlib logging (Celery's too) through one pipeline to stderr."""
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=SHARED,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
+                        renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
