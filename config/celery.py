@@ -64,4 +64,9 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "worker_hijack_root_logger": False,
         "worker_concurrency": s.worker_concurrency,
+        # The safety net: re-dispatch jobs whose messages were lost (for example
+        # a Redis that lost its last second of writes). Steps are idempotent.
+        "beat_schedule": {
+            "sweep-stalled-jobs": {"task": "withdrawal.sweep", "schedule": s.sweep_interval},
+        },
     }

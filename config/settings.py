@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Delivery
     visibility_timeout: int = Field(900, ge=10, description="Redis unacked redelivery, seconds.")
     lease_ttl: float = Field(60.0, gt=0, description="Lease on a job's step while it runs.")
+    sweep_interval: float = Field(60.0, gt=0, description="How often beat looks for stalled jobs.")
+    stall_after: float = Field(1200.0, gt=0, description="An unfinished job unchanged this long is re-dispatched.")
     worker_concurrency: int = Field(2, ge=1)
     job_retention: int = Field(7 * 24 * 3600, gt=0, description="Seconds a job record is kept after it ends.")
     redis_socket_timeout: float = Field(10.0, gt=0)

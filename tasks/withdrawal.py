@@ -10,7 +10,8 @@ from __future__ import annotations
 from celery import Task, chain
 
 from worker import withdrawal
-from worker.app import app, step_runner
+from config import settings as config_settings
+from worker.app import app, job_store, step_runner
 from worker.arazzo import withdrawal_workflow
 from worker.steps import Next
 
@@ -21,24 +22,25 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, str]:
     outcome: Next = step_runner().run(job_id, step_id)
     if outcome.action == "retry":
         # A new message with a countdown (never a sleep in a worker slot); the
-        # countdown is capped below the visibility timeout by Settings.
-        raise task.retry(countdown=outcome.countdown, max_retries=None)
+        # countdown is capped below the visibility timeout by Settings. The number
+        # of runs is bounded by the job record (attempts, deadlines), not by Celery.
+        raise task.retry(countdown=outcome.countdown)
     if outcome.action == "stop":
         task.request.chain = None  # the job has ended: the rest of the chain must not run
     return {"job_id": job_id, "step": step_id, "next": outcome.action, "state": outcome.state}
 
 
-@app.task(name=TASK_PREFIX + withdrawal.BALANCE_STEP, bind=True, acks_late=True)
+@app.task(name=TASK_PREFIX + withdrawal.BALANCE_STEP, bind=True, max_retries=None)
 def get_balances(self: Task, job_id: str) -> dict[str, str]:
     return _run(self, job_id, withdrawal.BALANCE_STEP)
 
 
-@app.task(name=TASK_PREFIX + withdrawal.REQUEST_STEP, bind=True, acks_late=True)
+@app.task(name=TASK_PREFIX + withdrawal.REQUEST_STEP, bind=True, max_retries=None)
 def request_withdrawal(self: Task, job_id: str) -> dict[str, str]:
     return _run(self, job_id, withdrawal.REQUEST_STEP)
 
 
-@app.task(name=TASK_PREFIX + withdrawal.RECONCILE_STEP, bind=True, acks_late=True)
+@app.task(name=TASK_PREFIX + withdrawal.RECONCILE_STEP, bind=True, max_retries=None)
 def reconcile_withdrawal(self: Task, job_id: str) -> dict[str, str]:
     return _run(self, job_id, withdrawal.RECONCILE_STEP)
 
@@ -56,3 +58,14 @@ def workflow_chain(job_id: str, from_step: str | None = None):
     if from_step is not None:
         step_ids = step_ids[step_ids.index(from_step):]
     return chain(*(STEP_TASKS[step_id].si(job_id) for step_id in step_ids))
+
+
+@app.task(name=TASK_PREFIX + "sweep")
+def sweep() -> list[str]:
+    """Re-dispatch unfinished jobs that have not changed for STALL_AFTER seconds."""
+    stalled = job_store().stalled(config_settings.get().stall_after)
+    for record in stalled:
+        done = {sid for sid, s in record["steps"].items() if s.get("state") == "done"}
+        pending = [s.step_id for s in withdrawal_workflow().steps if s.step_id not in done]
+        workflow_chain(record["job_id"], from_step=pending[0]).apply_async()
+    return [record["job_id"] for record in stalled]

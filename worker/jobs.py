@@ -136,6 +136,17 @@ class JobStore:
     def job_ids(self) -> list[str]:
         return self.redis.zrange(JOBS_INDEX, 0, -1)
 
+    def stalled(self, quiet_for: float) -> list[dict[str, Any]]:
+        """Unfinished jobs with no change for `quiet_for` seconds; forgets index entries past retention."""
+        now = time.time()
+        self.redis.zremrangebyscore(JOBS_INDEX, 0, now - self.retention)
+        found = []
+        for job_id in self.job_ids():
+            record = self.get(job_id)
+            if record and record["state"] not in TERMINAL and now - record["updated_at"] > quiet_for:
+                found.append(record)
+        return found
+
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict]]:
         """Events after stream id `after`; with `block_ms`, wait that long for the next ones."""
         answer = self.redis.xread({events_key(job_id): after}, block=block_ms)
