@@ -28,7 +28,13 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         # set in all three places Celery reads it (celery #7651), and Settings
         # refuses any retry or poll countdown that is not below it, so a waiting
         # ETA message is never redelivered while a worker still holds it.
-        "broker_transport_options": {"visibility_timeout": s.visibility_timeout, **redis_options},
+        "broker_transport_options": {
+            "visibility_timeout": s.visibility_timeout,
+            # Look for expired unacked messages often enough to honour a short timeout.
+            "unacked_restore_interval": max(1, min(10, s.visibility_timeout // 5)),
+            "unacked_restore_throttle": 1,
+            **redis_options,
+        },
         "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout, **redis_options},
         "visibility_timeout": s.visibility_timeout,
         "redis_socket_timeout": s.redis_socket_timeout,
@@ -58,6 +64,9 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_expires": s.job_retention,
+        # The job record is the result; Celery's own results would only duplicate
+        # it (and make every submitter subscribe to result channels).
+        "task_ignore_result": True,
         # Flower: see tasks as soon as they are sent and while they run.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"retry/reconcile max delay ({longest}s) must be below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)"
             )
+        if self.lease_ttl >= self.visibility_timeout:
+            raise ValueError(f"LEASE_TTL ({self.lease_ttl}s) must be below VISIBILITY_TIMEOUT")
+        if self.stall_after <= self.visibility_timeout:
+            raise ValueError(f"STALL_AFTER ({self.stall_after}s) must exceed VISIBILITY_TIMEOUT")
         return self
 
     def api_key(self) -> str:

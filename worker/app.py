@@ -42,6 +42,15 @@ def step_runner() -> StepRunner:
     return StepRunner(job_store(), client, withdrawal_workflow(), s, signer().open_sealed)
 
 
+def reload_settings() -> None:
+    """Re-read the environment and drop every cached connection (for embedding and tests)."""
+    config_settings.get.cache_clear()
+    app.conf.update(celery_settings(config_settings.get()))
+    app.amqp._producer_pool = None  # publish through a pool built from the new broker URL
+    for cached in (job_store, signer, step_runner):
+        cached.cache_clear()
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
     s = config_settings.get()

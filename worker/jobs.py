@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from worker.errors import JobError, LeaseLost
 
@@ -95,7 +97,10 @@ class JobStore:
     def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0) -> "JobStore":
         client = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            health_check_interval=15, retry_on_timeout=True,
+            health_check_interval=15,
+            # Ride out a short Redis restart instead of failing the step.
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         return cls(client, retention)
 

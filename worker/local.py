@@ -136,12 +136,15 @@ class Stack:
 
     # --- workers ------------------------------------------------------------------------------
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", concurrency: int = 2, beat: bool = False,
+                     **env: str) -> subprocess.Popen:
         log = open(self.directory / f"{name}.log", "ab")
+        argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
+        if beat:
+            argv += ["--beat", "--schedule", str(self.directory / f"{name}-beat-schedule")]
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO",
-             "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"],
-            env=self.env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes[name] = process
         return process

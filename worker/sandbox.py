@@ -44,7 +44,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from config.documents import blockchain_names, custody_assets
-from worker.signer import DEFAULT_WINDOW_MS, MAX_WINDOW_MS, check_window, signing_string, verify
+from worker.errors import ConfigurationError
+from worker.signer import (
+    DEFAULT_WINDOW_MS, MAX_WINDOW_MS, check_window, signing_string, verify, verify_key_from_api_key)
 
 log = logging.getLogger("worker.sandbox")
 
@@ -682,6 +684,7 @@ class Sandbox:
     """Owns the HTTP server and the ledger. `start()` serves in a background thread."""
 
     def __init__(self, config: SandboxConfig):
+        verify_key_from_api_key(config.api_key)  # ConfigurationError unless a base64 32-byte public key
         self.config = config
         self.ledger = Ledger(config)
         blockchain_names(), custody_assets()  # load the OpenAPI enums now, not on the first request
@@ -829,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                           p_drop=args.fault_drop, p_commit_then_drop=args.fault_commit_then_drop,
                           hang_ms=args.hang_ms, seed=args.seed))
         sandbox = Sandbox(config)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ConfigurationError) as err:
         parser.error(str(err))
 
     stopping = threading.Event()

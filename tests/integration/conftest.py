@@ -57,15 +57,15 @@ def stack() -> Iterator[Stack]:
     with local_stack(sandbox_args=args, worker_env=WORKER_ENV) as running:
         saved = dict(os.environ)
         os.environ.update(running.env(**WORKER_ENV))
-        from config import settings
+        from worker.app import reload_settings
 
-        settings.get.cache_clear()
+        reload_settings()
         try:
             yield running
         finally:
             os.environ.clear()
             os.environ.update(saved)
-            settings.get.cache_clear()
+            reload_settings()
 
 
 @pytest.fixture

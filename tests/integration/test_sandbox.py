@@ -429,3 +429,12 @@ def test_cli_requires_an_api_key(tmp_path):
     result = subprocess.run([sys.executable, "-m", "worker.sandbox", "--port", "0"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "API key is required" in result.stderr
+
+
+def test_config_refuses_a_bad_api_key_or_fault_setting(signer):
+    from worker.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        Sandbox(SandboxConfig(api_key="not-a-key", balances={}))
+    with pytest.raises(ValueError):
+        Sandbox(SandboxConfig(api_key=signer.api_key, balances={}, faults=Faults(p_drop=2)))
