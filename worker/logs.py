@@ -23,6 +23,8 @@ def _clean(key: str, value: Any) -> Any:
         return REDACTED
     if isinstance(value, dict):
         return {k: _clean(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clean("", item) for item in value)
     return value
 
 

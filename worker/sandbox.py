@@ -97,6 +97,7 @@ class SandboxConfig:
     confirm_delay: float = 2.0
     history_lag: float = 1.0
     hold_status: str | None = None
+    reject_code: str | None = None  # refuse every new withdrawal with this ApiErrorCode
     faults: Faults = field(default_factory=Faults)
     state_file: Path | None = None
     host: str = "127.0.0.1"
@@ -173,6 +174,7 @@ class Ledger:
         self.confirm_delay = _non_negative(config.confirm_delay, "confirm_delay")
         self.history_lag = _non_negative(config.history_lag, "history_lag")
         self.hold_status = config.hold_status
+        self.reject_code = config.reject_code
         self.faults = Faults(**asdict(config.faults)).validated()
         self.rng = random.Random(self.faults.seed)
         self.balances = _parse_balances(config.balances)
@@ -244,7 +246,7 @@ class Ledger:
     def config_json(self, api_key: str) -> dict[str, Any]:
         return {
             "api_key": api_key, "confirm_delay": self.confirm_delay, "history_lag": self.history_lag,
-            "hold_status": self.hold_status, "faults": asdict(self.faults),
+            "hold_status": self.hold_status, "reject_code": self.reject_code, "faults": asdict(self.faults),
             "state_file": str(self.state_file) if self.state_file else None,
         }
 
@@ -291,6 +293,8 @@ class Ledger:
 
     def withdraw(self, body: dict[str, Any], quantity: Decimal) -> dict[str, Any]:
         with self.lock:
+            if self.reject_code:
+                raise ApiError(400, self.reject_code, "Refused by the sandbox's reject_code setting")
             symbol = body["symbol"]
             held = self.balances.get(symbol, {}).get("available", Decimal(0))
             if held < quantity:
@@ -344,7 +348,7 @@ class Ledger:
             return asdict(new)
 
     def set_config(self, changes: dict[str, Any], api_key: str) -> dict[str, Any]:
-        unknown = set(changes) - {"confirm_delay", "history_lag", "hold_status"}
+        unknown = set(changes) - {"confirm_delay", "history_lag", "hold_status", "reject_code"}
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
         with self.lock:
@@ -353,7 +357,11 @@ class Ledger:
                 raise ValueError("hold_status must be a non-empty string or null")
             confirm = _non_negative(changes.get("confirm_delay", self.confirm_delay), "confirm_delay")
             lag = _non_negative(changes.get("history_lag", self.history_lag), "history_lag")
+            reject = changes.get("reject_code", self.reject_code)
+            if reject is not None and (not isinstance(reject, str) or not reject.isupper()):
+                raise ValueError("reject_code must be an upper-case ApiErrorCode or null")
             self.confirm_delay, self.history_lag, self.hold_status = confirm, lag, hold
+            self.reject_code = reject
             return self.config_json(api_key)
 
     def set_balances(self, raw: Any) -> dict[str, dict[str, str]]:

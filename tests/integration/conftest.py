@@ -72,10 +72,10 @@ def stack() -> Iterator[Stack]:
 def sandbox(stack: Stack) -> Iterator[Sandbox]:
     admin = Sandbox(stack.sandbox_url)
     admin.faults(p_5xx=0, p_429=0, latency_ms=0, p_drop=0, p_commit_then_drop=0, hang_ms=0)
-    admin.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None)
+    admin.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None)
     yield admin
     admin.faults(p_5xx=0, p_429=0, latency_ms=0, p_drop=0, p_commit_then_drop=0, hang_ms=0)
-    admin.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None)
+    admin.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None)
 
 
 @pytest.fixture
