@@ -8,8 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,flower]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,flower]"
 	touch $(STAMP)
 
 ## run: start a private Redis, the sandbox and a worker; submit a few withdrawals; shut down

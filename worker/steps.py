@@ -272,7 +272,7 @@ class StepRunner:
         except ExchangeError as exc:  # a GET: transient; the withdrawal exists, so keep polling
             attempt, note = None, str(exc)
         else:
-            note = "; ".join(attempt.failed)
+            note = "not yet in the withdrawal history" if attempt.retry else "; ".join(attempt.failed)
         status = attempt.outputs.get("reconciledStatus") if attempt and attempt.succeeded else None
 
         def polled(r: dict[str, Any]) -> None:

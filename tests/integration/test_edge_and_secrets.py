@@ -429,10 +429,12 @@ def test_redact_drops_secret_values_at_any_depth_and_keeps_the_rest():
     assert event["secret"] == "s3cr3t"  # the caller's dict is left alone
 
 
-@pytest.mark.xfail(strict=True, reason="product gap: worker/logs.py _clean() recurses into dicts only, so a "
-                   "secret-named key inside a list or tuple (e.g. attempts=[{'two_factor_token': ...}]) is logged "
-                   "in clear, although redact() promises 'at any depth'")
 def test_redact_reaches_into_lists():
     # "at any depth" (worker/logs.py) includes secrets inside lists and tuples of mappings.
-    cleaned = redact(None, "info", {"event": "e", "attempts": [{"n": 1, "two_factor_token": "739201"}]})
+    cleaned = redact(None, "info", {
+        "event": "e",
+        "attempts": [{"n": 1, "two_factor_token": "739201"}],
+        "pairs": ({"headers": {"X-Signature": "sig"}}, "plain"),
+    })
     assert cleaned["attempts"] == [{"n": 1, "two_factor_token": REDACTED}]
+    assert cleaned["pairs"] == ({"headers": {"X-Signature": REDACTED}}, "plain")

@@ -1,0 +1,155 @@
+"""The withdrawal request is at most once, and every step is safe to run twice.
+
+These drive the core (`StepRunner`) step by step against the real Redis and the
+sandbox over HTTP, so each failure lands exactly where the test puts it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from config import settings
+from worker import withdrawal
+from worker.api import submit_withdrawal, wait_for
+from worker.arazzo import withdrawal_workflow
+from worker.client import BackpackClient
+from worker.errors import LeaseLost
+from worker.local import wait_until
+from worker.signer import Signer
+from worker.steps import StepRunner
+
+
+@pytest.fixture
+def runner(stack, store):
+    signer = Signer.from_secret(stack.api_key, stack.secret_file.read_text())
+    client = BackpackClient(stack.sandbox_url, signer, read_timeout=1.0)
+    yield StepRunner(store, client, withdrawal_workflow(), settings.get(), signer.open_sealed)
+    client.close()
+
+
+def _job(store, quantity="3") -> str:
+    """A job record only: no Celery chain, so the test runs each step itself."""
+    key = uuid.uuid4().hex
+    client_id = withdrawal.client_id(key)
+    inputs = {"symbol": "USDC", "blockchain": "Solana", "address": f"Addr{key[:10]}", "quantity": quantity,
+              "clientId": client_id}
+    job_id, _ = store.create(key, {"client_id": client_id, "inputs": inputs, "current_step": None, "steps": {},
+                                   "submission": {"attempts": []}, "outputs": {}, "error": None})
+    return job_id
+
+
+def test_lost_response_after_commit_is_found_by_client_id_not_resent(runner, store, sandbox):
+    job_id = _job(store)
+    assert runner.run(job_id, "getBalances").action == "continue"
+    sandbox.faults(p_commit_then_drop=1.0)
+    first = runner.run(job_id, "requestWithdrawal")
+    sandbox.faults(p_commit_then_drop=0)
+    assert first.action == "retry"
+    record = store.require(job_id)
+    assert [a["state"] for a in record["submission"]["attempts"]] == ["ambiguous"]
+    client_id = record["client_id"]
+    assert len(sandbox.withdrawals(client_id)) == 1  # the exchange did record it
+
+    # Later runs look it up (the history lags) and never send again.
+    outcome = wait_until(lambda: runner.run(job_id, "requestWithdrawal").action == "continue" or None, 10,
+                         "the lookup to find the withdrawal", interval=0.1)
+    assert outcome
+    record = store.require(job_id)
+    assert record["submission"]["found_by_lookup"] is True
+    assert record["steps"]["requestWithdrawal"]["outputs"]["withdrawalId"] == sandbox.withdrawals(client_id)[0]["id"]
+    assert len(record["submission"]["attempts"]) == 1
+    assert len(sandbox.withdrawals(client_id)) == 1
+
+
+def test_ambiguous_5xx_never_found_ends_needs_review_and_is_never_resent(runner, store, sandbox):
+    job_id = _job(store)
+    runner.run(job_id, "getBalances")
+    sandbox.faults(p_5xx=1.0)
+    assert runner.run(job_id, "requestWithdrawal").action == "retry"
+    sandbox.faults(p_5xx=0)
+    before = sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"]
+    started = time.monotonic()
+    final = wait_until(lambda: (n := runner.run(job_id, "requestWithdrawal")).action == "stop" and n, 30,
+                       "the lookup deadline", interval=0.2)
+    assert final.state == "needs_review"
+    assert time.monotonic() - started < 30
+    record = store.require(job_id)
+    assert record["state"] == "needs_review"
+    assert record["error"]["code"] == "OUTCOME_UNKNOWN"
+    assert record["error"]["client_id"] == record["client_id"]
+    assert record["error"]["attempts"][0]["state"] == "ambiguous"
+    assert sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"] == before  # never re-sent
+    assert sandbox.withdrawals(record["client_id"]) == []
+
+
+def test_crash_between_recording_and_sending_is_treated_as_ambiguous(runner, store, sandbox):
+    job_id = _job(store)
+    runner.run(job_id, "getBalances")
+    lease = store.acquire(job_id, 5)
+    store.update(lease, lambda r: r["submission"]["attempts"].append({"n": 1, "state": "sending", "at": time.time()}))
+    store.release(lease)  # as if the worker died right after recording the attempt
+    before = sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"]
+    assert runner.run(job_id, "requestWithdrawal").action == "retry"
+    assert sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"] == before
+    assert store.require(job_id)["submission"]["lookups"] == 1
+
+
+def test_429_on_the_request_is_retried_because_it_was_not_processed(runner, store, sandbox):
+    job_id = _job(store)
+    runner.run(job_id, "getBalances")
+    sandbox.faults(p_429=1.0)
+    outcome = runner.run(job_id, "requestWithdrawal")
+    sandbox.faults(p_429=0)
+    assert outcome.action == "retry" and outcome.countdown >= 1  # honours Retry-After: 1
+    assert store.require(job_id)["submission"]["attempts"][0]["state"] == "not_sent"
+    assert runner.run(job_id, "requestWithdrawal").action == "continue"
+    record = store.require(job_id)
+    assert [a["state"] for a in record["submission"]["attempts"]] == ["not_sent", "accepted"]
+    assert len(sandbox.withdrawals(record["client_id"])) == 1
+
+
+def test_a_step_already_recorded_is_skipped(runner, store, sandbox):
+    job_id = _job(store)
+    runner.run(job_id, "getBalances")
+    runner.run(job_id, "requestWithdrawal")
+    before = sandbox.ledger()["requests"]
+    assert runner.run(job_id, "requestWithdrawal").action == "continue"
+    assert runner.run(job_id, "getBalances").action == "continue"
+    assert sandbox.ledger()["requests"] == before  # nothing sent at all
+
+
+def test_a_held_lease_makes_a_second_copy_wait(runner, store, sandbox):
+    job_id = _job(store)
+    lease = store.acquire(job_id, 5)
+    outcome = runner.run(job_id, "getBalances")
+    assert outcome.action == "retry" and 0 < outcome.countdown <= 5.5
+    assert "getBalances" not in store.require(job_id)["steps"]
+    store.release(lease)
+
+
+def test_a_run_whose_lease_expired_cannot_write(store):
+    job_id = _job(store)
+    stale = store.acquire(job_id, 0.2)
+    wait_until(lambda: store.lease_ttl(job_id) == 0, 5, "the lease to expire")
+    fresh = store.acquire(job_id, 5)
+    assert fresh.token > stale.token
+    with pytest.raises(LeaseLost):
+        store.update(stale, lambda r: r.update(state="failed"))
+    store.update(fresh, lambda r: r.update(current_step="getBalances"))
+    assert store.require(job_id)["state"] == "queued"
+    store.release(fresh)
+
+
+def test_duplicated_chains_still_make_one_withdrawal(stack, sandbox, store):
+    from tasks.withdrawal import workflow_chain
+
+    job_id = submit_withdrawal("USDC", "Solana", f"Addr{uuid.uuid4().hex[:8]}", "4")
+    for _ in range(3):
+        workflow_chain(job_id).apply_async()  # as if the messages were delivered four times
+    record = wait_for(job_id, timeout=60)
+    assert record["state"] == "succeeded"
+    assert len(sandbox.withdrawals(record["client_id"])) == 1
+    assert len(record["submission"]["attempts"]) == 1
