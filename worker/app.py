@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import structlog
 from celery import Celery, signals
 
 from config import settings as config_settings
@@ -55,6 +56,13 @@ def reload_settings() -> None:
 def _setup_logging(**_: object) -> None:
     s = config_settings.get()
     logs.configure(s.log_level, s.log_format)
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str, task, args=(), **_: object) -> None:
+    # Every log line of a step carries the task and the job it works on.
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name, job_id=args[0] if args else None)
 
 
 @signals.worker_process_init.connect

@@ -19,8 +19,7 @@ SCENARIOS = [
 
 def run_demo(console: Console) -> int:
     sandbox_args = ["--balances", "USDC=1000,SOL=10", "--history-lag", "1.5", "--confirm-delay", "3"]
-    with local_stack(sandbox_args=sandbox_args) as stack:
-        os.environ.update(stack.env(RECONCILE_INITIAL_DELAY="0.5", RECONCILE_MAX_DELAY="4"))
+    with local_stack(sandbox_args=sandbox_args, redis_url=os.environ.get("REDIS_URL")) as stack, stack.activated():
         from worker.api import submit_withdrawal
         from worker.cli import _follow, show
 

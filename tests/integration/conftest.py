@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+
+import os
 
 import pytest
 import requests
@@ -54,18 +55,10 @@ class Sandbox:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     args = ["--balances", BALANCES, "--history-lag", "0.3", "--confirm-delay", "0.5"]
-    with local_stack(sandbox_args=args, worker_env=WORKER_ENV) as running:
-        saved = dict(os.environ)
-        os.environ.update(running.env(**WORKER_ENV))
-        from worker.app import reload_settings
-
-        reload_settings()
-        try:
-            yield running
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-            reload_settings()
+    # A Redis given by REDIS_URL is used as it is; otherwise a private one is started.
+    with local_stack(sandbox_args=args, worker_env=WORKER_ENV, redis_url=os.environ.get("REDIS_URL")) as running, \
+            running.activated(**WORKER_ENV):
+        yield running
 
 
 @pytest.fixture

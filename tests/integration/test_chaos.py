@@ -1,6 +1,7 @@
 """Chaos: nothing lost, nothing sent twice, under faults, kills and restarts.
 
-Each scenario runs its own private stack and checks the same invariants
+Each scenario runs its own private stack (always a private Redis, since one
+scenario restarts it) and checks the same invariants
 against the sandbox's ledger. `make chaos-large` runs scenario 1 bigger:
 CHAOS_JOBS (default 200) jobs and CHAOS_KILLS (default 8) worker kills.
 """
@@ -48,29 +49,12 @@ SANDBOX_ARGS = ["--balances", "USDC=1000000,SOL=10", "--history-lag", "0.3", "--
 WORKERS = ("w1", "w2")
 
 
-def _use(stack) -> None:
-    """Point this test process's API at the stack."""
-    os.environ.update(stack.env(**CHAOS_ENV))
-    from worker.app import reload_settings
-
-    reload_settings()
-
-
 @pytest.fixture
 def chaos_stack():
-    saved = dict(os.environ)
-    with local_stack(sandbox_args=SANDBOX_ARGS, start_worker=False) as stack:
+    with local_stack(sandbox_args=SANDBOX_ARGS, start_worker=False) as stack, stack.activated(**CHAOS_ENV):
         for i, name in enumerate(WORKERS):
             stack.start_worker(name, concurrency=2, beat=(i == 0), **CHAOS_ENV)
-        _use(stack)
-        try:
-            yield stack
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-            from worker.app import reload_settings
-
-            reload_settings()
+        yield stack
 
 
 def _submit(n: int, symbol: str = "USDC", quantity: str | None = None) -> list[str]:

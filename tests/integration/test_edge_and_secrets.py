@@ -22,19 +22,13 @@ import nacl.signing
 import pytest
 from celery import signals
 
-ROOT = Path(__file__).resolve().parents[2]
-# The editable install maps worker/, tasks/ and config/ only, and plain `pytest`
-# does not put the project root on sys.path, so `tests` needs it added.
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
-
-from tests.unit.test_request import BAD  # noqa: E402
-from worker import withdrawal  # noqa: E402
-from worker.api import get_job, submit_withdrawal, wait_for  # noqa: E402
-from worker.errors import InvalidRequest, RejectedError  # noqa: E402
-from worker.jobs import JOBS_INDEX, sealed_2fa_key  # noqa: E402
-from worker.logs import REDACTED, redact  # noqa: E402
-from worker.request import parse_request  # noqa: E402
+from tests.unit.test_request import BAD
+from worker import withdrawal
+from worker.api import get_job, submit_withdrawal, wait_for
+from worker.errors import InvalidRequest, RejectedError
+from worker.jobs import JOBS_INDEX, sealed_2fa_key
+from worker.logs import REDACTED, redact
+from worker.request import parse_request
 
 # An ED25519 signature is 64 bytes: 88 base64 characters ending in "==".
 SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}==")
@@ -43,8 +37,10 @@ REQUIRED = ("symbol", "blockchain", "address", "quantity")
 OPTIONAL = ("idempotency_key", "two_factor_token", "window")
 
 
-# --- helpers ---------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
 
+
+# --- helpers ---------------------------------------------------------------------------------
 
 def _through_api(data: dict[str, Any]) -> bool:
     """True when the row can be expressed as a submit_withdrawal(...) call."""
