@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit chaos-large sandbox worker flower clean
+.PHONY: run test unit chaos-large bench sandbox worker flower clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ flower: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+## bench: document loading, the in-process baseline and the Celery path
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_workflow.py

@@ -119,7 +119,7 @@ def _settled(step_id: str, attempt: Attempt, inputs: Mapping[str, Any]) -> bool:
     if step_id == withdrawal.BALANCE_STEP:
         problem = withdrawal.shortfall(attempt.outputs.get("balances"), inputs["symbol"], Decimal(inputs["quantity"]))
         if problem:
-            raise _Stop("failed", step_id, "INSUFFICIENT_BALANCE", problem)
+            raise _Stop("failed", step_id, "INSUFFICIENT_FUNDS", problem + " (checked before sending)")
     if step_id == withdrawal.RECONCILE_STEP:
         settled = withdrawal.settlement(attempt.outputs.get("reconciledStatus"))
         if settled == "needs_review":

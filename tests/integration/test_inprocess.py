@@ -44,7 +44,7 @@ def test_balance_check_stops_before_any_withdrawal(stack, sandbox):
     before = len(sandbox.withdrawals())
     result = run_withdrawal_inprocess(settings.get(), _inputs("51", "SOL"), uuid.uuid4().hex)
     assert result.state == "failed"
-    assert result.error["step"] == "getBalances" and result.error["code"] == "INSUFFICIENT_BALANCE"
+    assert result.error["step"] == "getBalances" and result.error["code"] == "INSUFFICIENT_FUNDS"
     assert len(sandbox.withdrawals()) == before
 
 
