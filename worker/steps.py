@@ -13,8 +13,9 @@ Who retries what (so retries never multiply):
   withdrawal is settled or RECONCILE_DEADLINE passes (then `needs_review`).
 
 The withdrawal request is sent at most once. Before sending, the attempt is
-recorded as `sending`. Any attempt that may have reached the exchange
-(`sending` left behind by a crash, or an ambiguous error) is never re-sent: the
+recorded as `sending`; its answer is recorded in the same write as the step's
+outputs. Any attempt that may have reached the exchange (`sending` left behind
+by a crash, `ambiguous`, `accepted`) is never re-sent: the
 withdrawal is looked up by clientId until LOOKUP_DEADLINE, then the job ends
 `needs_review`. Only an attempt the exchange certainly did not process
 (`not_sent`) may be followed by another.
@@ -41,6 +42,20 @@ from worker.jobs import TERMINAL, JobStore, Lease
 from worker.policy import Backoff, reconcile_policy, retry_policy
 
 log = structlog.get_logger(__name__)
+
+
+# Attempt states after which the withdrawal may exist at the exchange: never send again.
+MAY_HAVE_REACHED = frozenset({"sending", "ambiguous", "accepted"})
+
+
+def _attempt_state(number: int, state: str, error: str | None = None) -> Callable[[dict[str, Any]], None]:
+    def change(r: dict[str, Any]) -> None:
+        entry = r["submission"]["attempts"][number - 1]
+        entry["state"] = state
+        if error:
+            entry["error"] = error
+
+    return change
 
 
 @dataclass(frozen=True)
@@ -122,11 +137,14 @@ class StepRunner:
 
         self.store.update(lease, change, {"event": "step_done", "step": step_id, "status_code": status_code})
 
-    def _end(self, lease: Lease, state: str, step_id: str, code: str, message: str, **detail: Any) -> Next:
+    def _end(self, lease: Lease, state: str, step_id: str, code: str, message: str,
+             extra: Callable[[dict], None] | None = None, **detail: Any) -> Next:
         def change(r: dict[str, Any]) -> None:
             r["state"], r["finished_at"] = state, time.time()
             r["error"] = {"step": step_id, "code": code, "message": message, **detail}
             r["steps"][step_id].update(state=state, ended_at=time.time())
+            if extra:
+                extra(r)
 
         self.store.update(lease, change, {"event": "job_ended", "state": state, "step": step_id, "code": code,
                                           "message": message})
@@ -175,7 +193,7 @@ class StepRunner:
     def _request_withdrawal(self, lease: Lease, record: dict[str, Any]) -> Next:
         step_id = withdrawal.REQUEST_STEP
         attempts = record["submission"]["attempts"]
-        if any(a["state"] in ("sending", "ambiguous") for a in attempts):
+        if any(a["state"] in MAY_HAVE_REACHED for a in attempts):
             return self._look_up(lease, record)
 
         number = len(attempts) + 1
@@ -198,27 +216,24 @@ class StepRunner:
             self._mark_attempt(lease, number, "ambiguous", str(exc))
             return Next("retry", countdown=self.poll.delay(0))
         except RejectedError as exc:
-            self._mark_attempt(lease, number, "rejected", f"{exc.code}: {exc.message}")
             self.store.drop_sealed_2fa(lease.job_id)
-            return self._end(lease, "failed", step_id, exc.code, exc.message)
+            return self._end(lease, "failed", step_id, exc.code, exc.message,
+                             extra=_attempt_state(number, "rejected", f"{exc.code}: {exc.message}"))
         finally:
             extra.clear()
         self.store.drop_sealed_2fa(lease.job_id)
-        self._mark_attempt(lease, number, "accepted")
+        accepted = _attempt_state(number, "accepted")
         if not attempt.succeeded:
             return self._end(lease, "needs_review", step_id, "CRITERIA_NOT_MET", "; ".join(attempt.failed),
-                             client_id=record["client_id"])
-        self._done(lease, step_id, attempt, attempt.status_code)
+                             extra=accepted, client_id=record["client_id"])
+        # The attempt's outcome and the step's outputs land in one write: a crash
+        # can never leave an accepted attempt without the withdrawal it created.
+        self._done(lease, step_id, attempt, attempt.status_code, extra=accepted)
         return CONTINUE
 
     def _mark_attempt(self, lease: Lease, number: int, state: str, error: str | None = None) -> None:
-        def change(r: dict[str, Any]) -> None:
-            entry = r["submission"]["attempts"][number - 1]
-            entry["state"] = state
-            if error:
-                entry["error"] = error
-
-        self.store.update(lease, change, {"event": f"attempt_{state}", "attempt": number, "message": error})
+        self.store.update(lease, _attempt_state(number, state, error),
+                          {"event": f"attempt_{state}", "attempt": number, "message": error})
 
     def _look_up(self, lease: Lease, record: dict[str, Any]) -> Next:
         """Find a withdrawal that may have been sent, by clientId; never send it again."""

@@ -85,11 +85,13 @@ def test_ambiguous_5xx_never_found_ends_needs_review_and_is_never_resent(runner,
     assert sandbox.withdrawals(record["client_id"]) == []
 
 
-def test_crash_between_recording_and_sending_is_treated_as_ambiguous(runner, store, sandbox):
+@pytest.mark.parametrize("left_behind", ["sending", "accepted"])
+def test_an_attempt_left_behind_by_a_crash_is_looked_up_not_resent(runner, store, sandbox, left_behind):
     job_id = _job(store)
     runner.run(job_id, "getBalances")
     lease = store.acquire(job_id, 5)
-    store.update(lease, lambda r: r["submission"]["attempts"].append({"n": 1, "state": "sending", "at": time.time()}))
+    store.update(lease, lambda r: r["submission"]["attempts"].append({"n": 1, "state": left_behind,
+                                                                      "at": time.time()}))
     store.release(lease)  # as if the worker died right after recording the attempt
     before = sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"]
     assert runner.run(job_id, "requestWithdrawal").action == "retry"

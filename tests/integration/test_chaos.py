@@ -8,6 +8,7 @@ CHAOS_JOBS (default 200) jobs and CHAOS_KILLS (default 8) worker kills.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -36,7 +37,7 @@ CHAOS_ENV = {
     "RECONCILE_BACKOFF_FACTOR": "1.5",
     "RECONCILE_MAX_DELAY": "2",
     "RECONCILE_DEADLINE": "120",
-    "LOOKUP_DEADLINE": "4",
+    "LOOKUP_DEADLINE": "8",
     "HTTP_READ_TIMEOUT": "1.5",
     "LEASE_TTL": "6",
     "VISIBILITY_TIMEOUT": "10",
@@ -126,6 +127,10 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
           + f" lost={len(missing) + len(not_terminal)} duplicates={len(duplicates)} orphans={len(orphans)}")
     assert not missing, f"jobs lost: {missing[:5]}"
     assert not not_terminal, f"jobs not terminal: {not_terminal[:5]}"
+    for client_id in duplicates:
+        record = records[clients[client_id]]
+        print("DUPLICATE", json.dumps({k: record[k] for k in ("job_id", "state", "steps", "submission", "error")}),
+              [w for w in withdrawals if w["clientId"] == client_id])
     assert not duplicates, f"withdrawals sent twice: {duplicates}"
     assert not orphans, f"withdrawals without a job: {orphans[:3]}"
     assert not problems, problems[:5]
