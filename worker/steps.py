@@ -243,18 +243,20 @@ class StepRunner:
         lookups = submission.get("lookups", 0)
         operation = self.workflow.step(withdrawal.RECONCILE_STEP).operation
         request = HttpRequest(operation.method, operation.path, operation.instruction, {"clientId": client_id})
-        found = None
+        found, error = None, None
         try:
             response = self.client.send(request)
             matches = [w for w in response.body if isinstance(w, dict) and w.get("clientId") == client_id]
             found = matches[0] if matches else None
         except (TransientError, RejectedError) as exc:
-            log.info("lookup_failed", message=str(exc))
+            error = str(exc)
+        failed_lookups = submission.get("failed_lookups", 0) + (error is not None)
 
         def counted(r: dict[str, Any]) -> None:
-            r["submission"]["lookups"] = lookups + 1
+            r["submission"].update(lookups=lookups + 1, failed_lookups=failed_lookups)
 
-        self.store.update(lease, counted, {"event": "lookup", "step": step_id, "found": found is not None})
+        self.store.update(lease, counted, {"event": "lookup", "step": step_id, "found": found is not None,
+                                           "message": error})
         if found is not None:
             judged = Context(inputs=record["inputs"]).with_response(200, found, {})
             outputs = step_outputs(self.workflow.step(step_id), judged)
@@ -262,12 +264,15 @@ class StepRunner:
             self._done(lease, step_id, outputs, 200, extra=lambda r: r["submission"].update(found_by_lookup=True))
             return CONTINUE
         last_sent = max(a["at"] for a in submission["attempts"])
-        if time.time() - last_sent > self.settings.lookup_deadline:
+        past_deadline = time.time() - last_sent > self.settings.lookup_deadline
+        # Only an answer that lacks the withdrawal counts as "not found"; a failed
+        # lookup proves nothing, so it is tried again (within the retry budget).
+        if past_deadline and (error is None or self.retry.exhausted(failed_lookups)):
             self.store.drop_sealed_2fa(lease.job_id)
             return self._end(
                 lease, "needs_review", step_id, "OUTCOME_UNKNOWN",
                 f"the withdrawal may have reached the exchange but clientId {client_id} was not found "
-                f"after {lookups + 1} lookups; it was not re-sent",
+                f"after {lookups + 1} lookups ({failed_lookups} failed); it was not re-sent",
                 client_id=client_id, attempts=submission["attempts"],
             )
         return Next("retry", countdown=self.poll.delay(lookups))

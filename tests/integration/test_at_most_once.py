@@ -155,3 +155,24 @@ def test_duplicated_chains_still_make_one_withdrawal(stack, sandbox, store):
     assert record["state"] == "succeeded"
     assert len(sandbox.withdrawals(record["client_id"])) == 1
     assert len(record["submission"]["attempts"]) == 1
+
+
+def test_a_failed_lookup_is_not_taken_for_not_found(runner, store, sandbox):
+    job_id = _job(store)
+    runner.run(job_id, "getBalances")
+    sandbox.faults(p_commit_then_drop=1.0)
+    runner.run(job_id, "requestWithdrawal")  # recorded by the exchange, answer lost
+    lease = store.acquire(job_id, 5)
+    store.update(lease, lambda r: r["submission"]["attempts"][0].update(at=time.time() - 3600))  # long past
+    store.release(lease)
+    sandbox.faults(p_commit_then_drop=0, p_5xx=1.0)  # every lookup now fails
+    outcome = runner.run(job_id, "requestWithdrawal")
+    assert outcome.action == "retry"  # past the deadline, but a failed lookup proves nothing
+    assert store.require(job_id)["submission"]["failed_lookups"] == 1
+    sandbox.faults(p_5xx=0)
+    client_id = store.require(job_id)["client_id"]
+    wait_until(lambda: sandbox.withdrawals(client_id)[0]["visibleInHistory"], 5, "the history lag to pass")
+    assert runner.run(job_id, "requestWithdrawal").action == "continue"
+    record = store.require(job_id)
+    assert record["submission"]["found_by_lookup"] is True
+    assert len(sandbox.withdrawals(record["client_id"])) == 1

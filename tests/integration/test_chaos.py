@@ -102,6 +102,7 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
     orphans = [w for w in withdrawals if w["clientId"] not in clients]
     states = Counter(r["state"] for r in records.values() if r)
     reached_review = sum(1 for r in records.values() if r["state"] == "needs_review" and by_client[r["client_id"]])
+    review_codes = dict(Counter(r["error"]["code"] for r in records.values() if r["state"] == "needs_review"))
 
     problems = []
     for job_id, r in records.items():
@@ -121,7 +122,7 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
     overdrawn = [sym for sym in START_BALANCES if Decimal(ledger["balances"].get(sym, {}).get("available", "0")) < 0]
 
     print(f"\n[{title}] jobs={len(job_ids)} succeeded={states['succeeded']} failed={states['failed']} "
-          f"needs_review={states['needs_review']} (reached exchange: {reached_review}) "
+          f"needs_review={states['needs_review']} (reached exchange: {reached_review}, codes: {review_codes}) "
           f"withdrawals={len(withdrawals)} faults_injected={ledger.get('faults_injected')} "
           + " ".join(f"{k}={v}" for k, v in figures.items())
           + f" lost={len(missing) + len(not_terminal)} duplicates={len(duplicates)} orphans={len(orphans)}")
