@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -50,12 +51,42 @@ SANDBOX_ARGS = ["--balances", "USDC=1000000,SOL=10", "--history-lag", "0.3", "--
 WORKERS = ("w1", "w2")
 
 
+class Supervisor(threading.Thread):
+    """Restarts any worker that has exited, as a process manager (systemd, Docker) would."""
+
+    def __init__(self, stack):
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.lock = threading.Lock()  # held by whoever stops or starts a worker
+        self.restarts = 0
+        self.stopping = threading.Event()
+
+    def start_worker(self, name: str) -> None:
+        self.stack.start_worker(name, concurrency=2, beat=(name == WORKERS[0]), **CHAOS_ENV)
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            with self.lock:
+                for name in WORKERS:
+                    process = self.stack.processes.get(name)
+                    if process is None or process.poll() is not None:
+                        self.start_worker(name)
+                        self.restarts += 1
+
+
 @pytest.fixture
 def chaos_stack():
     with local_stack(sandbox_args=SANDBOX_ARGS, start_worker=False) as stack, stack.activated(**CHAOS_ENV):
-        for i, name in enumerate(WORKERS):
-            stack.start_worker(name, concurrency=2, beat=(i == 0), **CHAOS_ENV)
-        yield stack
+        supervisor = Supervisor(stack)
+        for name in WORKERS:
+            supervisor.start_worker(name)
+        supervisor.start()
+        stack.supervisor = supervisor
+        try:
+            yield stack
+        finally:
+            supervisor.stopping.set()
+            supervisor.join()
 
 
 def _submit(n: int, symbol: str = "USDC", quantity: str | None = None) -> list[str]:
@@ -163,30 +194,33 @@ def test_faults_and_worker_kills_lose_nothing_and_send_nothing_twice(chaos_stack
     for _ in range(CHAOS_KILLS):
         time.sleep(rng.uniform(0.5, 2.0))  # the chaos schedule: a kill at a random moment
         name = rng.choice(WORKERS)
-        process = stack.processes[name]
-        children = _pool_children(process.pid)
-        if children and rng.random() < 0.5:
-            os.kill(rng.choice(children), signal.SIGKILL)  # the pool replaces it; its message is requeued
-            kills["pool_process"] += 1
-        else:
-            stack.stop_worker(name, hard=True)  # SIGKILL the whole worker; Redis redelivers its messages
-            stack.start_worker(name, concurrency=2, beat=(name == WORKERS[0]), **CHAOS_ENV)
-            kills["worker"] += 1
+        with stack.supervisor.lock:
+            process = stack.processes[name]
+            children = _pool_children(process.pid)
+            if children and rng.random() < 0.5:
+                os.kill(rng.choice(children), signal.SIGKILL)  # the pool replaces it; its message is requeued
+                kills["pool_process"] += 1
+            else:
+                stack.stop_worker(name, hard=True)  # SIGKILL the whole worker; Redis redelivers its messages
+                stack.supervisor.start_worker(name)
+                kills["worker"] += 1
     records = _await_terminal(job_ids, timeout=420)
-    result = _check_invariants(stack, job_ids, records, "faults+kills", kills=kills)
+    result = _check_invariants(stack, job_ids, records, "faults+kills", kills=kills,
+                               supervisor_restarts=stack.supervisor.restarts)
     assert result["states"]["succeeded"] >= CHAOS_JOBS // 2
 
 
-def test_redis_restart_with_aof_mid_run_loses_nothing(chaos_stack):
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
+def test_redis_restart_with_aof_mid_run_loses_nothing(chaos_stack, crash):
     stack = chaos_stack
     job_ids = _submit(100)
     wait_until(lambda: sum(r["state"] == "succeeded" for r in _records(job_ids).values()) >= 10, 120,
                "the first jobs to finish", interval=0.2)
-    stack.redis.stop()  # SIGTERM: Redis flushes its append-only file
+    stack.redis.stop(hard=crash)  # SIGKILL, or SIGTERM; the append-only file is fsynced at every write
     time.sleep(2)  # Redis stays down for a while: that is the fault under test
     stack.redis.start()
     records = _await_terminal(job_ids, timeout=300)
-    _check_invariants(stack, job_ids, records, "redis restart", restarts=1)
+    _check_invariants(stack, job_ids, records, f"redis restart ({'SIGKILL' if crash else 'SIGTERM'})", restarts=1)
 
 
 def test_sandbox_down_for_several_retries_jobs_wait_then_finish(chaos_stack):
