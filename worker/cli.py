@@ -98,7 +98,8 @@ def watch(job_id: str) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, help="Worker processes (default WORKER_CONCURRENCY).")
-@click.option("--beat", is_flag=True, help="Also run the beat scheduler (the sweep of stalled jobs).")
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (the sweep of stalled jobs); "
+              "for a single-worker deployment, otherwise run `celery -A worker.app beat` once.")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Start a Celery worker for the withdrawal queue (extra options go to celery)."""

@@ -151,15 +151,20 @@ class Stack:
 
     # --- workers ------------------------------------------------------------------------------
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2, beat: bool = False,
-                     **env: str) -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> subprocess.Popen:
+        return self._start_celery(name, ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+                                         "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"], env)
+
+    def start_beat(self, **env: str) -> subprocess.Popen:
+        """The one scheduler: it sends the sweep of stalled jobs."""
+        return self._start_celery("beat", ["beat", "--loglevel", "INFO",
+                                           "--schedule", str(self.directory / "beat-schedule")], env)
+
+    def _start_celery(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.directory / f"{name}.log", "ab")
-        argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO",
-                "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
-        if beat:
-            argv += ["--beat", "--schedule", str(self.directory / f"{name}-beat-schedule")]
         process = subprocess.Popen(
-            argv, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "celery", "-A", "worker.app", *argv], env=self.env(**env), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes[name] = process
         return process

@@ -24,7 +24,7 @@ import requests
 
 from worker.local import local_stack, wait_until
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 CHAOS_JOBS = int(os.environ.get("CHAOS_JOBS", "200"))
 CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "8"))
@@ -61,16 +61,24 @@ class Supervisor(threading.Thread):
         self.restarts = 0
         self.stopping = threading.Event()
 
-    def start_worker(self, name: str) -> None:
-        self.stack.start_worker(name, concurrency=2, beat=(name == WORKERS[0]), **CHAOS_ENV)
+    def start(self) -> None:
+        for name in (*WORKERS, "beat"):
+            self.start_process(name)
+        super().start()
+
+    def start_process(self, name: str) -> None:
+        if name == "beat":
+            self.stack.start_beat(**CHAOS_ENV)
+        else:
+            self.stack.start_worker(name, concurrency=2, **CHAOS_ENV)
 
     def run(self) -> None:
         while not self.stopping.wait(0.5):
             with self.lock:
-                for name in WORKERS:
+                for name in (*WORKERS, "beat"):
                     process = self.stack.processes.get(name)
                     if process is None or process.poll() is not None:
-                        self.start_worker(name)
+                        self.start_process(name)
                         self.restarts += 1
 
 
@@ -78,8 +86,6 @@ class Supervisor(threading.Thread):
 def chaos_stack():
     with local_stack(sandbox_args=SANDBOX_ARGS, start_worker=False) as stack, stack.activated(**CHAOS_ENV):
         supervisor = Supervisor(stack)
-        for name in WORKERS:
-            supervisor.start_worker(name)
         supervisor.start()
         stack.supervisor = supervisor
         try:
@@ -117,7 +123,12 @@ def _await_terminal(job_ids: list[str], timeout: float) -> dict[str, dict]:
     try:
         return wait_until(all_done, timeout, f"{len(job_ids)} jobs to end", interval=0.5)
     except TimeoutError:
-        states = Counter(r["state"] if r else "missing" for r in _records(job_ids).values())
+        records = _records(job_ids)
+        stuck = [r for r in records.values() if r and r["state"] not in ("succeeded", "failed", "needs_review")]
+        for r in stuck[:5]:
+            print("STUCK", json.dumps({k: r.get(k) for k in ("job_id", "state", "current_step", "updated_at",
+                                                             "steps", "submission")}, default=str))
+        states = Counter(r["state"] if r else "missing" for r in records.values())
         raise AssertionError(f"jobs not all terminal after {timeout:g}s: {dict(states)}") from None
 
 
@@ -202,9 +213,9 @@ def test_faults_and_worker_kills_lose_nothing_and_send_nothing_twice(chaos_stack
                 kills["pool_process"] += 1
             else:
                 stack.stop_worker(name, hard=True)  # SIGKILL the whole worker; Redis redelivers its messages
-                stack.supervisor.start_worker(name)
+                stack.supervisor.start_process(name)
                 kills["worker"] += 1
-    records = _await_terminal(job_ids, timeout=420)
+    records = _await_terminal(job_ids, timeout=300)
     result = _check_invariants(stack, job_ids, records, "faults+kills", kills=kills,
                                supervisor_restarts=stack.supervisor.restarts)
     assert result["states"]["succeeded"] >= CHAOS_JOBS // 2
