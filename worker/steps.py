@@ -121,13 +121,8 @@ class StepRunner:
         self.store.update(lease, change, {"event": "step_started", "step": step_id})
         record.update(self.store.require(lease.job_id))
 
-    def _step_entry(self, record: dict[str, Any], step_id: str) -> dict[str, Any]:
-        return record["steps"][step_id]
-
-    def _done(self, lease: Lease, step_id: str, attempt_or_outputs: Attempt | dict, status_code: int,
+    def _done(self, lease: Lease, step_id: str, outputs: dict[str, Any], status_code: int,
               extra: Callable[[dict], None] | None = None) -> None:
-        outputs = attempt_or_outputs.outputs if isinstance(attempt_or_outputs, Attempt) else attempt_or_outputs
-
         def change(r: dict[str, Any]) -> None:
             entry = r["steps"][step_id]
             entry.update(state="done", outputs=outputs, status_code=status_code, ended_at=time.time())
@@ -152,7 +147,7 @@ class StepRunner:
         return Next("stop", state=state)
 
     def _transient(self, lease: Lease, record: dict, step_id: str, exc: TransientError, on_exhausted: str) -> Next:
-        failures = self._step_entry(record, step_id).get("transient_failures", 0) + 1
+        failures = record["steps"][step_id].get("transient_failures", 0) + 1
 
         def change(r: dict[str, Any]) -> None:
             r["steps"][step_id]["transient_failures"] = failures
@@ -177,15 +172,15 @@ class StepRunner:
             attempt = attempt_step(self.workflow.step(step_id), self._context(record), self.client)
         except TransientError as exc:
             return self._transient(lease, record, step_id, exc, on_exhausted="failed")
-        except ExchangeError as exc:
-            return self._end(lease, "failed", step_id, getattr(exc, "code", "EXCHANGE_ERROR"), str(exc))
+        except RejectedError as exc:
+            return self._end(lease, "failed", step_id, exc.code, exc.message)
         if not attempt.succeeded:
             return self._end(lease, "failed", step_id, "CRITERIA_NOT_MET", "; ".join(attempt.failed))
         inputs = record["inputs"]
         problem = withdrawal.shortfall(attempt.outputs.get("balances"), inputs["symbol"], Decimal(inputs["quantity"]))
         if problem:
             return self._end(lease, "failed", step_id, "INSUFFICIENT_FUNDS", problem + " (checked before sending)")
-        self._done(lease, step_id, attempt, attempt.status_code)
+        self._done(lease, step_id, attempt.outputs, attempt.status_code)
         return CONTINUE
 
     # --- step 2: the withdrawal, at most once -------------------------------------------------
@@ -228,7 +223,7 @@ class StepRunner:
                              extra=accepted, client_id=record["client_id"])
         # The attempt's outcome and the step's outputs land in one write: a crash
         # can never leave an accepted attempt without the withdrawal it created.
-        self._done(lease, step_id, attempt, attempt.status_code, extra=accepted)
+        self._done(lease, step_id, attempt.outputs, attempt.status_code, extra=accepted)
         return CONTINUE
 
     def _mark_attempt(self, lease: Lease, number: int, state: str, error: str | None = None) -> None:
@@ -281,7 +276,7 @@ class StepRunner:
 
     def _reconcile(self, lease: Lease, record: dict[str, Any]) -> Next:
         step_id = withdrawal.RECONCILE_STEP
-        entry = self._step_entry(record, step_id)
+        entry = record["steps"][step_id]
         polls = entry.get("polls", 0)
         requested_at = record["steps"][withdrawal.REQUEST_STEP].get("ended_at", entry["started_at"])
         past_deadline = time.time() - requested_at > self.settings.reconcile_deadline
@@ -323,6 +318,6 @@ class StepRunner:
         def finish(r: dict[str, Any]) -> None:
             r["state"], r["current_step"], r["finished_at"], r["outputs"] = "succeeded", None, time.time(), outputs
 
-        self._done(lease, attempt.step_id, attempt, attempt.status_code, extra=finish)
+        self._done(lease, attempt.step_id, attempt.outputs, attempt.status_code, extra=finish)
         log.info("job_succeeded", withdrawal_id=outputs.get("withdrawalId"), status=outputs.get("status"))
         return Next("stop", state="succeeded")
