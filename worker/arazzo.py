@@ -71,11 +71,6 @@ class Workflow:
                 return step
         raise DocumentError(f"workflow {self.workflow_id!r} has no step {step_id!r}")
 
-    def next_step(self, step_id: str) -> Step | None:
-        ids = [s.step_id for s in self.steps]
-        index = ids.index(step_id) + 1
-        return self.steps[index] if index < len(ids) else None
-
 
 @dataclass(frozen=True)
 class HttpRequest:

@@ -25,8 +25,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,15 +174,6 @@ class JobStore:
 
     def release(self, lease: Lease) -> None:
         self._release(keys=[lease_key(lease.job_id)], args=[lease.holder])
-
-    @contextmanager
-    def leased(self, job_id: str, ttl: float) -> Iterator[Lease | None]:
-        lease = self.acquire(job_id, ttl)
-        try:
-            yield lease
-        finally:
-            if lease is not None:
-                self.release(lease)
 
     # --- fenced updates ---------------------------------------------------------------------
 
