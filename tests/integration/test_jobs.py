@@ -98,3 +98,47 @@ def test_unknown_job_is_a_clear_error(stack):
 
     with pytest.raises(JobError, match="no job"):
         get_job("nope")
+
+
+def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store):
+    import json
+    import time
+
+    from tasks.withdrawal import sweep
+    from worker import withdrawal
+    from worker.jobs import job_key
+
+    key = uuid.uuid4().hex
+    client_id = withdrawal.client_id(key)
+    inputs = {"symbol": "USDC", "blockchain": "Solana", "address": "SweptAddr", "quantity": "1", "clientId": client_id}
+    job_id, _ = store.create(key, {"client_id": client_id, "inputs": inputs, "current_step": None, "steps": {},
+                                   "submission": {"attempts": []}, "outputs": {}, "error": None})
+    # No chain was ever sent (as if the submitter died right after writing the record),
+    # and nothing has happened for longer than STALL_AFTER.
+    record = store.require(job_id)
+    record["updated_at"] = time.time() - 10_000
+    store.redis.set(job_key(job_id), json.dumps(record))
+    sweep.delay()
+    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert len(sandbox.withdrawals(client_id)) == 1
+
+
+def test_cli_status_and_watch_show_the_job(stack, sandbox):
+    import json
+    import subprocess
+    import sys
+
+    job_id, _ = _submit("1")
+    watched = subprocess.run([sys.executable, "-m", "worker.cli", "watch", job_id], env=stack.env(),
+                             capture_output=True, text=True, timeout=90)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    for step in ("getBalances", "requestWithdrawal", "reconcileWithdrawal"):
+        assert step in watched.stdout
+    assert "succeeded" in watched.stdout
+    status = subprocess.run([sys.executable, "-m", "worker.cli", "status", job_id, "--json"], env=stack.env(),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["outputs"]["status"] == "confirmed"
+    missing = subprocess.run([sys.executable, "-m", "worker.cli", "status", "no-such-job"], env=stack.env(),
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 4
