@@ -52,20 +52,15 @@ STEP_TASKS = {
 }
 
 
-def workflow_chain(job_id: str, from_step: str | None = None):
-    """The chain of step tasks in the document's order, optionally from a given step on."""
-    step_ids = [s.step_id for s in withdrawal_workflow().steps]
-    if from_step is not None:
-        step_ids = step_ids[step_ids.index(from_step):]
-    return chain(*(STEP_TASKS[step_id].si(job_id) for step_id in step_ids))
+def workflow_chain(job_id: str):
+    """The chain of step tasks in the document's order. Steps already recorded are skipped when they run."""
+    return chain(*(STEP_TASKS[step.step_id].si(job_id) for step in withdrawal_workflow().steps))
 
 
 @app.task(name=TASK_PREFIX + "sweep")
 def sweep() -> list[str]:
     """Re-dispatch unfinished jobs that have not changed for STALL_AFTER seconds."""
-    stalled = job_store().stalled(config_settings.get().stall_after)
-    for record in stalled:
-        done = {sid for sid, s in record["steps"].items() if s.get("state") == "done"}
-        pending = [s.step_id for s in withdrawal_workflow().steps if s.step_id not in done]
-        workflow_chain(record["job_id"], from_step=pending[0]).apply_async()
-    return [record["job_id"] for record in stalled]
+    stalled = [record["job_id"] for record in job_store().stalled(config_settings.get().stall_after)]
+    for job_id in stalled:
+        workflow_chain(job_id).apply_async()
+    return stalled

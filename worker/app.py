@@ -36,10 +36,7 @@ def signer() -> Signer:
 @lru_cache(maxsize=1)
 def step_runner() -> StepRunner:
     s = config_settings.get()
-    client = BackpackClient(
-        s.backpack_base_url, signer(), connect_timeout=s.http_connect_timeout, read_timeout=s.http_read_timeout,
-        window_ms=s.backpack_window_ms,
-    )
+    client = BackpackClient.from_settings(s, signer())
     return StepRunner(job_store(), client, withdrawal_workflow(), s, signer().open_sealed)
 
 

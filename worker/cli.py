@@ -13,7 +13,7 @@ from rich.table import Table
 
 from config import settings as config_settings
 from worker import logs
-from worker.errors import ConfigurationError, InvalidRequest, JobError, WorkerError
+from worker.errors import ConfigurationError, InvalidRequest, JobError
 
 # Named exit codes
 EXIT_OK = 0
@@ -66,7 +66,7 @@ def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_to
         sys.exit(EXIT_USAGE)
     click.echo(job_id)
     if wait:
-        sys.exit(_follow(job_id))
+        sys.exit(follow(job_id))
 
 
 @main.command()
@@ -93,7 +93,7 @@ def status(job_id: str, as_json: bool) -> None:
 def watch(job_id: str) -> None:
     """Follow a job's steps live until it ends; the exit code tells the outcome."""
     _settings()
-    sys.exit(_follow(job_id))
+    sys.exit(follow(job_id))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -174,7 +174,7 @@ def show(record: dict[str, Any]) -> None:
         console.print(f"  [red]error at {error['step']}: {error['code']}: {error['message']}[/red]")
 
 
-def _follow(job_id: str, out: Console | None = None) -> int:
+def follow(job_id: str, out: Console | None = None) -> int:
     """Print each event of the job as it happens; return the exit code of its final state."""
     from worker.app import job_store
 

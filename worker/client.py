@@ -93,6 +93,11 @@ class BackpackClient:
         self.window_ms = window_ms
         self.session = requests.Session()  # pooled connections; no adapter retries
 
+    @classmethod
+    def from_settings(cls, settings, signer: Signer) -> "BackpackClient":
+        return cls(settings.backpack_base_url, signer, connect_timeout=settings.http_connect_timeout,
+                   read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms)
+
     def close(self) -> None:
         self.session.close()
 

@@ -20,8 +20,8 @@ SCENARIOS = [
 def run_demo(console: Console) -> int:
     sandbox_args = ["--balances", "USDC=1000,SOL=10", "--history-lag", "1.5", "--confirm-delay", "3"]
     with local_stack(sandbox_args=sandbox_args, redis_url=os.environ.get("REDIS_URL")) as stack, stack.activated():
-        from worker.api import submit_withdrawal
-        from worker.cli import _follow, show
+        from worker.api import get_job, submit_withdrawal
+        from worker.cli import follow, show
 
         console.print(f"redis {stack.redis_url}   sandbox {stack.sandbox_url}   worker started\n")
         outcomes = []
@@ -29,8 +29,8 @@ def run_demo(console: Console) -> int:
             console.rule(title)
             job_id = submit_withdrawal(**request)
             console.print(f"submitted job {job_id}")
-            outcomes.append(_follow(job_id, console))
-            show(_record(job_id))
+            outcomes.append(follow(job_id, console))
+            show(get_job(job_id))
 
         console.rule("the same idempotency key submitted twice: one job, one withdrawal")
         key = f"payout-{uuid.uuid4().hex[:8]}"
@@ -39,7 +39,7 @@ def run_demo(console: Console) -> int:
         second = submit_withdrawal(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress222",
                                    quantity="10", idempotency_key=key)
         console.print(f"first submit  -> {first}\nsecond submit -> {second}  (same job: {first == second})")
-        outcomes.append(_follow(first, console))
+        outcomes.append(follow(first, console))
 
         import requests
 
@@ -51,9 +51,3 @@ def run_demo(console: Console) -> int:
         console.print(f"  balances {ledger['balances']}")
     expected = [0, 1, 0]  # succeeded, failed, succeeded
     return 0 if outcomes == expected and first == second else 1
-
-
-def _record(job_id: str) -> dict:
-    from worker.api import get_job
-
-    return get_job(job_id)

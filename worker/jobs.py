@@ -11,7 +11,8 @@ Keys (all under the prefix `bpxw:`):
 | `bpxw:job:<id>:sealed2fa`    | string     | the two-factor token sealed to the worker's key; deleted |
 |                              |            | as soon as the withdrawal request has used it            |
 | `bpxw:idem:<key>`            | string     | idempotency key -> job id, created once with SET NX      |
-| `bpxw:jobs`                  | sorted set | every job id by creation time                            |
+| `bpxw:jobs`                  | sorted set | every job id by creation time (trimmed after retention)  |
+| `bpxw:active`                | sorted set | unfinished job ids by time of their last change          |
 
 Every write to a record after submission is fenced: it happens only while the
 writer's fencing token is still the newest, so a run that paused past its
@@ -76,6 +77,7 @@ def idem_key(idempotency_key: str) -> str:
 
 
 JOBS_INDEX = f"{PREFIX}jobs"
+ACTIVE_INDEX = f"{PREFIX}active"
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class JobStore:
         with self.redis.pipeline() as pipe:
             pipe.set(job_key(job_id), json.dumps(record))
             pipe.zadd(JOBS_INDEX, {job_id: now})
+            pipe.zadd(ACTIVE_INDEX, {job_id: now})
             if sealed_2fa is not None:
                 pipe.set(sealed_2fa_key(job_id), sealed_2fa.hex())
             pipe.xadd(events_key(job_id), {"event": "queued", "state": "queued"}, maxlen=1000)
@@ -137,19 +140,12 @@ class JobStore:
             raise JobError(f"no job {job_id}")
         return record
 
-    def job_ids(self) -> list[str]:
-        return self.redis.zrange(JOBS_INDEX, 0, -1)
-
     def stalled(self, quiet_for: float) -> list[dict[str, Any]]:
         """Unfinished jobs with no change for `quiet_for` seconds; forgets index entries past retention."""
         now = time.time()
         self.redis.zremrangebyscore(JOBS_INDEX, 0, now - self.retention)
-        found = []
-        for job_id in self.job_ids():
-            record = self.get(job_id)
-            if record and record["state"] not in TERMINAL and now - record["updated_at"] > quiet_for:
-                found.append(record)
-        return found
+        records = (self.get(job_id) for job_id in self.redis.zrangebyscore(ACTIVE_INDEX, 0, now - quiet_for))
+        return [r for r in records if r and r["state"] not in TERMINAL]
 
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict]]:
         """Events after stream id `after`; with `block_ms`, wait that long for the next ones."""
@@ -199,7 +195,10 @@ class JobStore:
                     if event:
                         pipe.xadd(events_key(lease.job_id), _flat(event), maxlen=1000)
                     if record["state"] in TERMINAL:
+                        pipe.zrem(ACTIVE_INDEX, lease.job_id)
                         self._expire(pipe, record)
+                    else:
+                        pipe.zadd(ACTIVE_INDEX, {lease.job_id: record["updated_at"]})
                     pipe.execute()
                     return record
                 except redis.WatchError:

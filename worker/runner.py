@@ -18,7 +18,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from worker import withdrawal
-from worker.arazzo import Workflow, workflow_outputs
+from worker.arazzo import Step, Workflow, workflow_outputs
 from worker.client import BackpackClient
 from worker.errors import AmbiguousError, RejectedError, TransientError
 from worker.execution import Attempt, attempt_step
@@ -62,7 +62,7 @@ def run_workflow(
             polls = 0
             while True:
                 ctx = Context(inputs=dict(inputs), steps=dict(outputs))
-                attempt, made = _send(workflow, step.step_id, ctx, client, retry, sleep)
+                attempt, made = _send(step, ctx, client, retry, sleep)
                 attempts += made
                 if attempt.succeeded:
                     if _settled(step.step_id, attempt, inputs):
@@ -89,10 +89,8 @@ def run_workflow(
     return result
 
 
-def _send(
-    workflow: Workflow, step_id: str, ctx: Context, client: BackpackClient, retry: Backoff, sleep
-) -> tuple[Attempt, int]:
-    step = workflow.step(step_id)
+def _send(step: Step, ctx: Context, client: BackpackClient, retry: Backoff, sleep) -> tuple[Attempt, int]:
+    step_id = step.step_id
     retrying = Retrying(
         stop=stop_after_attempt(retry.max_attempts or 1),
         wait=lambda state: retry.delay(state.attempt_number - 1),
@@ -121,9 +119,10 @@ def _settled(step_id: str, attempt: Attempt, inputs: Mapping[str, Any]) -> bool:
         if problem:
             raise _Stop("failed", step_id, "INSUFFICIENT_FUNDS", problem + " (checked before sending)")
     if step_id == withdrawal.RECONCILE_STEP:
-        settled = withdrawal.settlement(attempt.outputs.get("reconciledStatus"))
+        status = attempt.outputs.get("reconciledStatus")
+        settled = withdrawal.settlement(status)
         if settled == "needs_review":
-            raise _Stop("needs_review", step_id, "STATUS", f"withdrawal status {attempt.outputs.get('reconciledStatus')!r}")
+            raise _Stop("needs_review", step_id, "STATUS", f"withdrawal status {status!r}")
         return settled == "confirmed"
     return True
 
@@ -135,9 +134,7 @@ def run_withdrawal_inprocess(settings, inputs: Mapping[str, Any], idempotency_ke
     from worker.policy import reconcile_policy, retry_policy
     from worker.signer import Signer
 
-    signer = Signer.from_secret(settings.api_key(), settings.api_secret())
-    client = BackpackClient(settings.backpack_base_url, signer, connect_timeout=settings.http_connect_timeout,
-                            read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms)
+    client = BackpackClient.from_settings(settings, Signer.from_secret(settings.api_key(), settings.api_secret()))
     workflow = seed_workflow() if seed_only else withdrawal_workflow()
     try:
         return run_workflow(workflow, {**inputs, "clientId": withdrawal.client_id(idempotency_key)}, client,

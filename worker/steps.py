@@ -311,9 +311,9 @@ class StepRunner:
         return Next("retry", countdown=self.poll.delay(polls))
 
     def _succeed(self, lease: Lease, record: dict[str, Any], attempt: Attempt) -> Next:
-        steps = {sid: s.get("outputs", {}) for sid, s in record["steps"].items() if s.get("state") == "done"}
-        steps[attempt.step_id] = attempt.outputs
-        outputs = workflow_outputs(self.workflow, Context(inputs=record["inputs"], steps=steps))
+        done = self._context(record)
+        steps = {**done.steps, attempt.step_id: attempt.outputs}
+        outputs = workflow_outputs(self.workflow, Context(inputs=done.inputs, steps=steps))
 
         def finish(r: dict[str, Any]) -> None:
             r["state"], r["current_step"], r["finished_at"], r["outputs"] = "succeeded", None, time.time(), outputs

@@ -9,7 +9,7 @@ import pytest
 from worker.arazzo import HttpRequest
 from worker.client import BackpackClient
 from worker.errors import AmbiguousError, RejectedError, TransientError
-from worker.sandbox import Faults, Sandbox, SandboxConfig
+from worker.sandbox import Sandbox, SandboxConfig
 from worker.signer import Signer
 
 BALANCES = HttpRequest("GET", "/api/v1/capital", "balanceQuery")

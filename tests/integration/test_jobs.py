@@ -106,7 +106,7 @@ def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store
 
     from tasks.withdrawal import sweep
     from worker import withdrawal
-    from worker.jobs import job_key
+    from worker.jobs import ACTIVE_INDEX, job_key
 
     key = uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
@@ -118,6 +118,7 @@ def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store
     record = store.require(job_id)
     record["updated_at"] = time.time() - 10_000
     store.redis.set(job_key(job_id), json.dumps(record))
+    store.redis.zadd(ACTIVE_INDEX, {job_id: record["updated_at"]})
     sweep.delay()
     assert wait_for(job_id, timeout=60)["state"] == "succeeded"
     assert len(sandbox.withdrawals(client_id)) == 1

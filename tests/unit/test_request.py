@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from worker.errors import InvalidRequest
-from worker.request import TOKEN_REASON, SafetyLimits, WithdrawalRequest, parse_request
+from worker.request import TOKEN_REASON, SafetyLimits, parse_request
 
 ADDRESS = "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG"
 TOKEN = "739201"  # a valid-looking 2FA token that must never leak
