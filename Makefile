@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,flower]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev,flower]"
 	touch $(STAMP)
 
 ## run: start a private Redis, the sandbox and a worker; submit a few withdrawals; shut down
@@ -33,7 +33,7 @@ worker: $(STAMP)
 	$(BIN)/bpx-worker worker
 
 flower: $(STAMP)
-	$(BIN)/celery -A worker.app flower
+	$(BIN)/celery -A bpx_worker.tasks.app flower
 
 clean:
 	rm -rf $(VENV) *.egg-info

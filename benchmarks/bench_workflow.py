@@ -11,11 +11,11 @@ import sys
 import time
 import uuid
 
-from config import settings
-from config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
-from worker import logs
-from worker.arazzo import load_workflow
-from worker.local import local_stack
+from bpx_worker.config import settings
+from bpx_worker.config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
+from bpx_worker import logs
+from bpx_worker.arazzo.workflow import load_workflow
+from devtools.local import local_stack
 
 
 def timed(label: str, runs: int, action) -> None:
@@ -36,8 +36,8 @@ def main(jobs: int = 50) -> None:
     args = ["--balances", "USDC=100000000", "--history-lag", "0", "--confirm-delay", "0"]
     env = {"RECONCILE_INITIAL_DELAY": "0.05", "RECONCILE_MAX_DELAY": "0.5", "LOG_LEVEL": "WARNING"}
     with local_stack(sandbox_args=args, worker_env=env) as stack, stack.activated(**env):
-        from worker.api import submit_withdrawal, wait_for
-        from worker.runner import run_withdrawal_inprocess
+        from bpx_worker.interfaces.api import submit_withdrawal, wait_for
+        from bpx_worker.engine.inprocess import run_withdrawal_inprocess
 
         inputs = {"symbol": "USDC", "blockchain": "Solana", "address": "BenchAddr", "quantity": "1"}
         timed("in-process workflow run (3 steps)", jobs,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import Settings
+from bpx_worker.config.settings import Settings
 
 QUEUE = "withdrawals"
 

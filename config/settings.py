@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing import Annotated
 
-from worker.errors import ConfigurationError
+from bpx_worker.errors import ConfigurationError
 
 DEV_SANDBOX_URL = "http://127.0.0.1:8765"
 PRODUCTION_URL = "https://api.backpack.exchange"

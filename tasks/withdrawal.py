@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from celery import Task, chain
 
-from worker import withdrawal
-from config import settings as config_settings
-from worker.app import app, job_store, step_runner
-from worker.arazzo import withdrawal_workflow
-from worker.steps import Next
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.config import settings as config_settings
+from bpx_worker.tasks.app import app, job_store, step_runner
+from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.engine.steps import Next
 
 TASK_PREFIX = "withdrawal."
 

@@ -9,7 +9,7 @@ import os
 import pytest
 import requests
 
-from worker.local import Stack, local_stack
+from devtools.local import Stack, local_stack
 
 # Short delays so the suite runs in seconds; each is a setting, not a constant.
 WORKER_ENV = {
@@ -73,6 +73,6 @@ def sandbox(stack: Stack) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def store(stack: Stack):
-    from worker.app import job_store
+    from bpx_worker.tasks.app import job_store
 
     return job_store()

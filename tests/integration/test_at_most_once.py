@@ -11,15 +11,15 @@ import uuid
 
 import pytest
 
-from config import settings
-from worker import withdrawal
-from worker.api import submit_withdrawal, wait_for
-from worker.arazzo import withdrawal_workflow
-from worker.client import BackpackClient
-from worker.errors import LeaseLost
-from worker.local import wait_until
-from worker.signer import Signer
-from worker.steps import StepRunner
+from bpx_worker.config import settings
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.interfaces.api import submit_withdrawal, wait_for
+from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.errors import LeaseLost
+from devtools.local import wait_until
+from bpx_worker.exchange.signer import Signer
+from bpx_worker.engine.steps import StepRunner
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_a_run_whose_lease_expired_cannot_write(store):
 
 
 def test_duplicated_chains_still_make_one_withdrawal(stack, sandbox, store):
-    from tasks.withdrawal import workflow_chain
+    from bpx_worker.tasks.withdrawal import workflow_chain
 
     job_id = submit_withdrawal("USDC", "Solana", f"Addr{uuid.uuid4().hex[:8]}", "4")
     for _ in range(3):

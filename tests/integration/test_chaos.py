@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker.local import local_stack, wait_until
+from devtools.local import local_stack, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -96,7 +96,7 @@ def chaos_stack():
 
 
 def _submit(n: int, symbol: str = "USDC", quantity: str | None = None) -> list[str]:
-    from worker.api import submit_withdrawal
+    from bpx_worker.interfaces.api import submit_withdrawal
 
     rng = random.Random(n)
     jobs = []
@@ -108,7 +108,7 @@ def _submit(n: int, symbol: str = "USDC", quantity: str | None = None) -> list[s
 
 
 def _records(job_ids: list[str]) -> dict[str, dict]:
-    from worker.app import job_store
+    from bpx_worker.tasks.app import job_store
 
     store = job_store()
     return {job_id: store.get(job_id) for job_id in job_ids}

@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from worker.arazzo import HttpRequest
-from worker.client import BackpackClient
-from worker.errors import AmbiguousError, RejectedError, TransientError
-from worker.sandbox import Sandbox, SandboxConfig
-from worker.signer import Signer
+from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.errors import AmbiguousError, RejectedError, TransientError
+from devtools.sandbox import Sandbox, SandboxConfig
+from bpx_worker.exchange.signer import Signer
 
 BALANCES = HttpRequest("GET", "/api/v1/capital", "balanceQuery")
 WITHDRAW = HttpRequest("POST", "/wapi/v1/capital/withdrawals", "withdraw",

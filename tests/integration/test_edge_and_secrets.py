@@ -23,12 +23,12 @@ import pytest
 from celery import signals
 
 from tests.unit.test_request import BAD
-from worker import withdrawal
-from worker.api import get_job, submit_withdrawal, wait_for
-from worker.errors import InvalidRequest, RejectedError
-from worker.jobs import JOBS_INDEX, sealed_2fa_key
-from worker.logs import REDACTED, redact
-from worker.request import parse_request
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
+from bpx_worker.errors import InvalidRequest, RejectedError
+from bpx_worker.jobs.store import JOBS_INDEX, sealed_2fa_key
+from bpx_worker.logs import REDACTED, redact
+from bpx_worker.withdrawal.request import parse_request
 
 # An ED25519 signature is 64 bytes: 88 base64 characters ending in "==".
 SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}==")
@@ -213,7 +213,7 @@ def test_cli_refuses_bad_input_with_exit_code_2_and_writes_nothing(stack, sandbo
     jobs_before = store.redis.zcard(JOBS_INDEX)
     requests_before, withdrawals_before = _ledger_counts(sandbox)
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "submit", "--symbol", "USDC", "--blockchain", "solana",
+        [sys.executable, "-m", "bpx_worker.interfaces.cli", "submit", "--symbol", "USDC", "--blockchain", "solana",
          "--address", "a b", "--quantity", "1e3"],
         env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
@@ -268,9 +268,9 @@ class _RecordingSigner:
 
 def _wrong_key_withdrawal(stack, token: str) -> tuple[RejectedError, list[str]]:
     """A withdrawal carrying the token, signed with the wrong key: the sandbox must refuse it."""
-    from worker.arazzo import HttpRequest, withdrawal_workflow
-    from worker.client import BackpackClient
-    from worker.signer import Signer
+    from bpx_worker.arazzo.workflow import HttpRequest, withdrawal_workflow
+    from bpx_worker.exchange.client import BackpackClient
+    from bpx_worker.exchange.signer import Signer
 
     operation = withdrawal_workflow().step(withdrawal.REQUEST_STEP).operation
     impostor = _RecordingSigner(Signer(stack.api_key, nacl.signing.SigningKey.generate()))
@@ -329,7 +329,7 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
     assert record["steps"]["requestWithdrawal"]["state"] == "done"
 
     # The token sat in Redis only sealed, and only until requestWithdrawal used it.
-    from worker.signer import Signer
+    from bpx_worker.exchange.signer import Signer
 
     assert sealed is not None, "the sealed token was gone before getBalances could have finished"
     assert re.fullmatch(r"[0-9a-f]+", sealed) and token not in sealed

@@ -5,12 +5,12 @@ from decimal import Decimal
 
 import pytest
 
-from config import settings
-from worker.arazzo import HttpRequest
-from worker.client import BackpackClient
-from worker.errors import RejectedError, TransientError
-from worker.runner import run_withdrawal_inprocess
-from worker.signer import Signer
+from bpx_worker.config import settings
+from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.errors import RejectedError, TransientError
+from bpx_worker.engine.inprocess import run_withdrawal_inprocess
+from bpx_worker.exchange.signer import Signer
 
 
 def _inputs(quantity="12.5", symbol="USDC"):
@@ -76,7 +76,7 @@ def test_expired_timestamp_is_refused_by_the_sandbox(stack, sandbox):
 
 
 def test_connection_refused_is_transient():
-    from worker.local import free_port
+    from devtools.local import free_port
 
     signer, _ = Signer.generate()
     with pytest.raises(TransientError):

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from worker.api import get_job, submit_withdrawal, wait_for
+from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
 
 
 def _submit(quantity="10", symbol="USDC", **kwargs):
@@ -94,7 +94,7 @@ def test_exchange_rejection_at_request_withdrawal_fails_with_its_code(stack, san
 
 
 def test_unknown_job_is_a_clear_error(stack):
-    from worker.errors import JobError
+    from bpx_worker.errors import JobError
 
     with pytest.raises(JobError, match="no job"):
         get_job("nope")
@@ -104,9 +104,9 @@ def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store
     import json
     import time
 
-    from tasks.withdrawal import sweep
-    from worker import withdrawal
-    from worker.jobs import ACTIVE_INDEX, job_key
+    from bpx_worker.tasks.withdrawal import sweep
+    from bpx_worker.withdrawal import rules as withdrawal
+    from bpx_worker.jobs.store import ACTIVE_INDEX, job_key
 
     key = uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
@@ -130,16 +130,16 @@ def test_cli_status_and_watch_show_the_job(stack, sandbox):
     import sys
 
     job_id, _ = _submit("1")
-    watched = subprocess.run([sys.executable, "-m", "worker.cli", "watch", job_id], env=stack.env(),
+    watched = subprocess.run([sys.executable, "-m", "bpx_worker.interfaces.cli", "watch", job_id], env=stack.env(),
                              capture_output=True, text=True, timeout=90)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     for step in ("getBalances", "requestWithdrawal", "reconcileWithdrawal"):
         assert step in watched.stdout
     assert "succeeded" in watched.stdout
-    status = subprocess.run([sys.executable, "-m", "worker.cli", "status", job_id, "--json"], env=stack.env(),
+    status = subprocess.run([sys.executable, "-m", "bpx_worker.interfaces.cli", "status", job_id, "--json"], env=stack.env(),
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0
     assert json.loads(status.stdout)["outputs"]["status"] == "confirmed"
-    missing = subprocess.run([sys.executable, "-m", "worker.cli", "status", "no-such-job"], env=stack.env(),
+    missing = subprocess.run([sys.executable, "-m", "bpx_worker.interfaces.cli", "status", "no-such-job"], env=stack.env(),
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 4

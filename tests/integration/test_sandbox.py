@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker.sandbox import Faults, Sandbox, SandboxConfig
-from worker.signer import Signer, signing_string
+from devtools.sandbox import Faults, Sandbox, SandboxConfig
+from bpx_worker.exchange.signer import Signer, signing_string
 
 ROOT = Path(__file__).resolve().parents[2]
 WD = "/wapi/v1/capital/withdrawals"
@@ -203,7 +203,7 @@ def test_concurrent_withdrawals_never_overspend(make_sandbox, signer):
 
 
 def test_two_factor_token_is_never_stored_or_logged(make_sandbox, signer, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="worker.sandbox")
+    caplog.set_level(logging.DEBUG, logger="devtools.sandbox")
     state = tmp_path / "state.json"
     client = Client(make_sandbox(state_file=state), signer)
     assert client.withdraw(twoFactorToken="SECRET-2FA-987654").status_code == 200
@@ -407,7 +407,7 @@ def test_cli_starts_answers_and_exits_on_sigterm(tmp_path, signer):
     ready = tmp_path / "ready.url"
     env = {**os.environ, "SANDBOX_API_KEY": signer.api_key, "SANDBOX_BALANCES": "USDC=10,SOL=2"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.sandbox", "--port", "0", "--ready-file", str(ready), "--balances", "USDC=11"],
+        [sys.executable, "-m", "devtools.sandbox", "--port", "0", "--ready-file", str(ready), "--balances", "USDC=11"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = wait_for(lambda: ready.exists() and ready.read_text().strip(), timeout=20)
@@ -426,13 +426,13 @@ def test_cli_starts_answers_and_exits_on_sigterm(tmp_path, signer):
 
 def test_cli_requires_an_api_key(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
-    result = subprocess.run([sys.executable, "-m", "worker.sandbox", "--port", "0"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "devtools.sandbox", "--port", "0"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "API key is required" in result.stderr
 
 
 def test_config_refuses_a_bad_api_key_or_fault_setting(signer):
-    from worker.errors import ConfigurationError
+    from bpx_worker.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError):
         Sandbox(SandboxConfig(api_key="not-a-key", balances={}))

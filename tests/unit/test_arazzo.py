@@ -4,11 +4,11 @@ import copy
 
 import pytest
 
-from config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
-from worker.arazzo import (build_request, load_workflow, parse_workflow, retry_action, seed_workflow, step_outputs,
+from bpx_worker.config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
+from bpx_worker.arazzo.workflow import (build_request, load_workflow, parse_workflow, retry_action, seed_workflow, step_outputs,
                            succeeded, withdrawal_workflow, workflow_outputs)
-from worker.errors import DocumentError
-from worker.expressions import Context
+from bpx_worker.errors import DocumentError
+from bpx_worker.arazzo.expressions import Context
 
 INPUTS = {"symbol": "USDC", "blockchain": "Solana", "address": "Addr1", "quantity": "1.5", "clientId": "wd-k1"}
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.criteria import all_pass, check, evaluate_condition, failing
-from worker.errors import CriteriaError, ExpressionError, WorkflowError
-from worker.expressions import Context
+from bpx_worker.arazzo.criteria import all_pass, check, evaluate_condition, failing
+from bpx_worker.errors import CriteriaError, ExpressionError, WorkflowError
+from bpx_worker.arazzo.expressions import Context
 
 WORKFLOW = (
     Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from worker.errors import ExpressionError, WorkflowError
-from worker.expressions import (
+from bpx_worker.errors import ExpressionError, WorkflowError
+from bpx_worker.arazzo.expressions import (
     MISSING,
     Context,
     evaluate,

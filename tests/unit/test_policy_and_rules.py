@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from worker import withdrawal
-from worker.policy import Backoff
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.engine.policy import Backoff
 
 
 @pytest.mark.parametrize("attempt, expected", [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (10, 10.0)])

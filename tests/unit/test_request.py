@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from worker.errors import InvalidRequest
-from worker.request import TOKEN_REASON, SafetyLimits, parse_request
+from bpx_worker.errors import InvalidRequest
+from bpx_worker.withdrawal.request import TOKEN_REASON, SafetyLimits, parse_request
 
 ADDRESS = "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG"
 TOKEN = "739201"  # a valid-looking 2FA token that must never leak

@@ -2,8 +2,8 @@
 
 import pytest
 
-from worker.errors import ConfigurationError
-from worker.signer import Signer, check_window, signing_string, verify
+from bpx_worker.errors import ConfigurationError
+from bpx_worker.exchange.signer import Signer, check_window, signing_string, verify
 
 SEED = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
 API_KEY = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="

@@ -22,7 +22,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from worker.errors import ConfigurationError
+from bpx_worker.errors import ConfigurationError
 
 DEFAULT_WINDOW_MS = 5000
 MAX_WINDOW_MS = 60000
@@ -105,7 +105,7 @@ class Signer:
 
     def open_sealed(self, sealed: bytes) -> str:
         """Open a value sealed to this key pair (see `worker.twofactor`)."""
-        from worker.twofactor import unseal
+        from bpx_worker.exchange.twofactor import unseal
 
         return unseal(sealed, self._signing_key)
 

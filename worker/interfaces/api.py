@@ -7,17 +7,18 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from config import settings as config_settings
-from worker import twofactor, withdrawal
-from worker.errors import JobError
-from worker.jobs import TERMINAL, JobStore
-from worker.request import SafetyLimits, parse_request
+from bpx_worker.config import settings as config_settings
+from bpx_worker.exchange import twofactor
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.errors import JobError
+from bpx_worker.jobs.store import TERMINAL, JobStore
+from bpx_worker.withdrawal.request import SafetyLimits, parse_request
 
 
 def _store(store: JobStore | None) -> JobStore:
     if store is not None:
         return store
-    from worker.app import job_store
+    from bpx_worker.tasks.app import job_store
 
     return job_store()
 
@@ -66,7 +67,7 @@ def submit_withdrawal(
     if created or jobs.require(job_id)["state"] == "queued":
         # Enqueue again when a previous submit crashed before enqueueing; a
         # duplicate chain is harmless (steps are idempotent and leased).
-        from tasks.withdrawal import workflow_chain
+        from bpx_worker.tasks.withdrawal import workflow_chain
 
         workflow_chain(job_id).apply_async()
     return job_id

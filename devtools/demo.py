@@ -7,7 +7,7 @@ import uuid
 
 from rich.console import Console
 
-from worker.local import local_stack
+from devtools.local import local_stack
 
 SCENARIOS = [
     ("withdraws 25 USDC; the exchange records it only after a lag, so reconciliation polls",
@@ -20,8 +20,8 @@ SCENARIOS = [
 def run_demo(console: Console) -> int:
     sandbox_args = ["--balances", "USDC=1000,SOL=10", "--history-lag", "1.5", "--confirm-delay", "3"]
     with local_stack(sandbox_args=sandbox_args, redis_url=os.environ.get("REDIS_URL")) as stack, stack.activated():
-        from worker.api import get_job, submit_withdrawal
-        from worker.cli import follow, show
+        from bpx_worker.interfaces.api import get_job, submit_withdrawal
+        from bpx_worker.interfaces.cli import follow, show
 
         console.print(f"redis {stack.redis_url}   sandbox {stack.sandbox_url}   worker started\n")
         outcomes = []

@@ -17,10 +17,10 @@ from typing import Any
 
 import jsonpatch
 
-from config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
-from worker import criteria
-from worker.errors import DocumentError
-from worker.expressions import MISSING, Context, resolve
+from bpx_worker.config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
+from bpx_worker.arazzo import criteria
+from bpx_worker.errors import DocumentError
+from bpx_worker.arazzo.expressions import MISSING, Context, resolve
 
 _INSTRUCTION = re.compile(r"\*\*Instruction:\*\*\s*`([A-Za-z]+)`")
 _HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")

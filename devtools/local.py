@@ -23,7 +23,7 @@ from typing import Iterator
 import redis
 import requests
 
-from worker.signer import Signer
+from bpx_worker.exchange.signer import Signer
 
 
 def free_port() -> int:
@@ -119,7 +119,7 @@ class Stack:
     @contextmanager
     def activated(self, **extra: str) -> Iterator["Stack"]:
         """Point this process's settings, job store and Celery publisher at the stack."""
-        from worker.app import reload_settings
+        from bpx_worker.tasks.app import reload_settings
 
         saved = dict(os.environ)
         os.environ.update(self.env(**extra))
@@ -139,7 +139,7 @@ class Stack:
         ready.unlink(missing_ok=True)
         log = open(self.directory / "sandbox.log", "ab")
         self.processes["sandbox"] = subprocess.Popen(
-            [sys.executable, "-m", "worker.sandbox", "--port", port, "--api-key", self.api_key,
+            [sys.executable, "-m", "devtools.sandbox", "--port", port, "--api-key", self.api_key,
              "--state-file", str(self.directory / "sandbox-state.json"), "--ready-file", str(ready),
              *self.sandbox_args],
             stdout=log, stderr=subprocess.STDOUT,
@@ -163,7 +163,7 @@ class Stack:
     def _start_celery(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.directory / f"{name}.log", "ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", *argv], env=self.env(**env), stdout=log,
+            [sys.executable, "-m", "celery", "-A", "bpx_worker.tasks.app", *argv], env=self.env(**env), stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes[name] = process

@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from worker import withdrawal
-from worker.arazzo import Step, Workflow, workflow_outputs
-from worker.client import BackpackClient
-from worker.errors import AmbiguousError, RejectedError, TransientError
-from worker.execution import Attempt, attempt_step
-from worker.expressions import Context
-from worker.policy import Backoff
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.arazzo.workflow import Step, Workflow, workflow_outputs
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.errors import AmbiguousError, RejectedError, TransientError
+from bpx_worker.engine.execution import Attempt, attempt_step
+from bpx_worker.arazzo.expressions import Context
+from bpx_worker.engine.policy import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -130,9 +130,9 @@ def _settled(step_id: str, attempt: Attempt, inputs: Mapping[str, Any]) -> bool:
 def run_withdrawal_inprocess(settings, inputs: Mapping[str, Any], idempotency_key: str, *,
                              seed_only: bool = False) -> RunResult:
     """Run the withdrawal workflow in process with the configured keys and exchange."""
-    from worker.arazzo import seed_workflow, withdrawal_workflow
-    from worker.policy import reconcile_policy, retry_policy
-    from worker.signer import Signer
+    from bpx_worker.arazzo.workflow import seed_workflow, withdrawal_workflow
+    from bpx_worker.engine.policy import reconcile_policy, retry_policy
+    from bpx_worker.exchange.signer import Signer
 
     client = BackpackClient.from_settings(settings, Signer.from_secret(settings.api_key(), settings.api_secret()))
     workflow = seed_workflow() if seed_only else withdrawal_workflow()

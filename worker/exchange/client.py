@@ -26,9 +26,9 @@ import requests
 import structlog
 import urllib3.exceptions
 
-from worker.arazzo import HttpRequest
-from worker.errors import AmbiguousError, RejectedError, TransientError
-from worker.signer import DEFAULT_WINDOW_MS, Signer
+from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.errors import AmbiguousError, RejectedError, TransientError
+from bpx_worker.exchange.signer import DEFAULT_WINDOW_MS, Signer
 
 log = structlog.get_logger(__name__)
 

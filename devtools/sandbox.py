@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from config.documents import blockchain_names, custody_assets
-from worker.errors import ConfigurationError
-from worker.signer import (
+from bpx_worker.config.documents import blockchain_names, custody_assets
+from bpx_worker.errors import ConfigurationError
+from bpx_worker.exchange.signer import (
     DEFAULT_WINDOW_MS, MAX_WINDOW_MS, check_window, signing_string, verify, verify_key_from_api_key)
 
-log = logging.getLogger("worker.sandbox")
+log = logging.getLogger("devtools.sandbox")
 
 BALANCES_PATH = "/api/v1/capital"
 WITHDRAWALS_PATH = "/wapi/v1/capital/withdrawals"

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from worker import expressions
-from worker.errors import CriteriaError, ExpressionError
-from worker.expressions import MISSING, Context
+from bpx_worker.arazzo import expressions
+from bpx_worker.errors import CriteriaError, ExpressionError
+from bpx_worker.arazzo.expressions import MISSING, Context
 
 __all__ = ["all_pass", "check", "evaluate_condition", "failing"]
 

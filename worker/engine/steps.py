@@ -31,15 +31,15 @@ from typing import Any
 
 import structlog
 
-from config.settings import Settings
-from worker import withdrawal
-from worker.arazzo import HttpRequest, Workflow, step_outputs, workflow_outputs
-from worker.client import BackpackClient
-from worker.errors import AmbiguousError, ExchangeError, LeaseLost, RejectedError, TransientError
-from worker.execution import Attempt, attempt_step
-from worker.expressions import Context
-from worker.jobs import TERMINAL, JobStore, Lease
-from worker.policy import Backoff, reconcile_policy, retry_policy
+from bpx_worker.config.settings import Settings
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.arazzo.workflow import HttpRequest, Workflow, step_outputs, workflow_outputs
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.errors import AmbiguousError, ExchangeError, LeaseLost, RejectedError, TransientError
+from bpx_worker.engine.execution import Attempt, attempt_step
+from bpx_worker.arazzo.expressions import Context
+from bpx_worker.jobs.store import TERMINAL, JobStore, Lease
+from bpx_worker.engine.policy import Backoff, reconcile_policy, retry_policy
 
 log = structlog.get_logger(__name__)
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from worker.errors import ExpressionError
+from bpx_worker.errors import ExpressionError
 
 __all__ = [
     "MISSING",

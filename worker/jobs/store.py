@@ -34,7 +34,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from worker.errors import JobError, LeaseLost
+from bpx_worker.errors import JobError, LeaseLost
 
 PREFIX = "bpxw:"
 TERMINAL = frozenset({"succeeded", "failed", "needs_review"})

@@ -7,18 +7,18 @@ from functools import lru_cache
 import structlog
 from celery import Celery, signals
 
-from config import settings as config_settings
-from config.celery import celery_settings
-from worker import logs
-from worker.arazzo import withdrawal_workflow
-from worker.client import BackpackClient
-from worker.jobs import JobStore
-from worker.signer import Signer
-from worker.steps import StepRunner
+from bpx_worker.config import settings as config_settings
+from bpx_worker.config.celery import celery_settings
+from bpx_worker import logs
+from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.jobs.store import JobStore
+from bpx_worker.exchange.signer import Signer
+from bpx_worker.engine.steps import StepRunner
 
 app = Celery("withdrawal")
 app.config_from_object(celery_settings(config_settings.get()))
-app.conf.include = ["tasks.withdrawal"]
+app.conf.include = ["bpx_worker.tasks.withdrawal"]
 
 
 @lru_cache(maxsize=1)

@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from config import settings as config_settings
-from worker import logs
-from worker.errors import ConfigurationError, InvalidRequest, JobError
+from bpx_worker.config import settings as config_settings
+from bpx_worker import logs
+from bpx_worker.errors import ConfigurationError, InvalidRequest, JobError
 
 # Named exit codes
 EXIT_OK = 0
@@ -53,7 +53,7 @@ def main() -> None:
 @click.option("--wait/--no-wait", default=False, help="Follow the job until it ends.")
 def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_token, window, wait) -> None:
     """Validate and enqueue one withdrawal; prints the job id."""
-    from worker.api import submit_withdrawal
+    from bpx_worker.interfaces.api import submit_withdrawal
 
     _settings()
     try:
@@ -74,7 +74,7 @@ def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_to
 @click.option("--json", "as_json", is_flag=True, help="Print the raw record.")
 def status(job_id: str, as_json: bool) -> None:
     """Show a job's record: state, steps, outputs, error."""
-    from worker.api import get_job
+    from bpx_worker.interfaces.api import get_job
 
     _settings()
     try:
@@ -99,11 +99,11 @@ def watch(job_id: str) -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, help="Worker processes (default WORKER_CONCURRENCY).")
 @click.option("--beat", is_flag=True, help="Also run the beat scheduler (the sweep of stalled jobs); "
-              "for a single-worker deployment, otherwise run `celery -A worker.app beat` once.")
+              "for a single-worker deployment, otherwise run `celery -A bpx_worker.tasks.app beat` once.")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Start a Celery worker for the withdrawal queue (extra options go to celery)."""
-    from worker.app import app
+    from bpx_worker.tasks.app import app
 
     s = _settings()
     argv = ["worker", "--loglevel", s.log_level, "--concurrency", str(concurrency or s.worker_concurrency)]
@@ -116,7 +116,7 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
 @click.pass_context
 def sandbox(ctx: click.Context) -> None:
     """Start the local sandbox exchange (`bpx-worker sandbox --help` for its options)."""
-    from worker.sandbox import main as sandbox_main
+    from devtools.sandbox import main as sandbox_main
 
     sys.exit(sandbox_main(list(ctx.args)))
 
@@ -132,7 +132,7 @@ def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, seed_o
     """Run the whole workflow in this process (no Celery, no Redis) and print its outputs."""
     import uuid
 
-    from worker.runner import run_withdrawal_inprocess
+    from bpx_worker.engine.inprocess import run_withdrawal_inprocess
 
     s = _settings()
     inputs = {"symbol": symbol, "blockchain": blockchain, "address": address, "quantity": quantity}
@@ -144,7 +144,7 @@ def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, seed_o
 @main.command()
 def demo() -> None:
     """`make run`: a private stack and a few withdrawals, shown step by step."""
-    from worker.demo import run_demo
+    from devtools.demo import run_demo
 
     logs.configure("WARNING")
     sys.exit(run_demo(console))
@@ -176,7 +176,7 @@ def show(record: dict[str, Any]) -> None:
 
 def follow(job_id: str, out: Console | None = None) -> int:
     """Print each event of the job as it happens; return the exit code of its final state."""
-    from worker.app import job_store
+    from bpx_worker.tasks.app import job_store
 
     out = out or console
     store = job_store()

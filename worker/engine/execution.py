@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.arazzo import RetryAction, Step, build_request, failed_conditions, retry_action, step_outputs, succeeded
-from worker.client import BackpackClient
-from worker.expressions import Context
+from bpx_worker.arazzo.workflow import RetryAction, Step, build_request, failed_conditions, retry_action, step_outputs, succeeded
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.arazzo.expressions import Context
 
 
 @dataclass(frozen=True)

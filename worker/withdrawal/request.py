@@ -27,8 +27,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from config.documents import blockchain_names, custody_assets
-from worker.errors import InvalidRequest
+from bpx_worker.config.documents import blockchain_names, custody_assets
+from bpx_worker.errors import InvalidRequest
 
 SYMBOL_MAX = 32
 ADDRESS_MAX = 128
