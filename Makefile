@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 ## run: start a private Redis, the sandbox and a worker; submit a few withdrawals; shut down
 run: $(STAMP)
-	$(BIN)/bpx-worker demo
+	$(BIN)/python -m devtools.demo
 
 ## test: the whole suite (unit, integration against real Redis/worker/sandbox, chaos)
 test: $(STAMP)
@@ -27,7 +27,7 @@ chaos-large: $(STAMP)
 	CHAOS_JOBS=1000 CHAOS_KILLS=40 $(BIN)/python -m pytest tests/integration/test_chaos.py -s
 
 sandbox: $(STAMP)
-	$(BIN)/bpx-worker sandbox
+	$(BIN)/python -m devtools.sandbox
 
 worker: $(STAMP)
 	$(BIN)/bpx-worker worker

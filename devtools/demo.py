@@ -51,3 +51,15 @@ def run_demo(console: Console) -> int:
         console.print(f"  balances {ledger['balances']}")
     expected = [0, 1, 0]  # succeeded, failed, succeeded
     return 0 if outcomes == expected and first == second else 1
+
+
+def main() -> int:
+    """`make run`: a private stack and a few withdrawals, shown step by step."""
+    from bpx_worker import logs
+
+    logs.configure("WARNING")
+    return run_demo(Console(highlight=False))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker and the sandbox."""
+"""`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker."""
 
 from __future__ import annotations
 
@@ -112,15 +112,6 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     app.worker_main(argv + list(ctx.args))
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.pass_context
-def sandbox(ctx: click.Context) -> None:
-    """Start the local sandbox exchange (`bpx-worker sandbox --help` for its options)."""
-    from devtools.sandbox import main as sandbox_main
-
-    sys.exit(sandbox_main(list(ctx.args)))
-
-
 @main.command(name="run-inprocess")
 @click.option("--symbol", required=True)
 @click.option("--blockchain", required=True)
@@ -139,15 +130,6 @@ def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, seed_o
     result = run_withdrawal_inprocess(s, inputs, idempotency_key or uuid.uuid4().hex, seed_only=seed_only)
     click.echo(json.dumps({"state": result.state, "outputs": result.outputs, "error": result.error}, indent=2))
     sys.exit(STATE_EXIT.get(result.state, EXIT_FAILED))
-
-
-@main.command()
-def demo() -> None:
-    """`make run`: a private stack and a few withdrawals, shown step by step."""
-    from devtools.demo import run_demo
-
-    logs.configure("WARNING")
-    sys.exit(run_demo(console))
 
 
 # --- display -----------------------------------------------------------------------------------
