@@ -37,7 +37,7 @@ def main(jobs: int = 50) -> None:
     env = {"RECONCILE_INITIAL_DELAY": "0.05", "RECONCILE_MAX_DELAY": "0.5", "LOG_LEVEL": "WARNING"}
     with local_stack(sandbox_args=args, worker_env=env) as stack, stack.activated(**env):
         from bpx_worker.interfaces.api import submit_withdrawal, wait_for
-        from bpx_worker.engine.inprocess import run_withdrawal_inprocess
+        from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
 
         inputs = {"symbol": "USDC", "blockchain": "Solana", "address": "BenchAddr", "quantity": "1"}
         timed("in-process workflow run (3 steps)", jobs,

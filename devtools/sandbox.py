@@ -75,6 +75,7 @@ class Faults:
     p_commit_then_drop: float = 0
     hang_ms: int = 0
     seed: int | None = None
+    only_withdrawals: bool = False  # inject faults into the withdrawal POST only, not the reads
 
     def validated(self) -> "Faults":
         for name in ("p_5xx", "p_429", "p_drop", "p_commit_then_drop"):
@@ -87,6 +88,8 @@ class Faults:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
+        if not isinstance(self.only_withdrawals, bool):
+            raise ValueError(f"only_withdrawals must be true or false, got {self.only_withdrawals!r}")
         return self
 
 
@@ -98,6 +101,7 @@ class SandboxConfig:
     history_lag: float = 1.0
     hold_status: str | None = None
     reject_code: str | None = None  # refuse every new withdrawal with this ApiErrorCode
+    withdraw_status: int = 200  # the HTTP status a new withdrawal is answered with (a 2xx)
     faults: Faults = field(default_factory=Faults)
     state_file: Path | None = None
     host: str = "127.0.0.1"
@@ -175,6 +179,7 @@ class Ledger:
         self.history_lag = _non_negative(config.history_lag, "history_lag")
         self.hold_status = config.hold_status
         self.reject_code = config.reject_code
+        self.withdraw_status = config.withdraw_status
         self.faults = Faults(**asdict(config.faults)).validated()
         self.rng = random.Random(self.faults.seed)
         self.balances = _parse_balances(config.balances)
@@ -246,7 +251,8 @@ class Ledger:
     def config_json(self, api_key: str) -> dict[str, Any]:
         return {
             "api_key": api_key, "confirm_delay": self.confirm_delay, "history_lag": self.history_lag,
-            "hold_status": self.hold_status, "reject_code": self.reject_code, "faults": asdict(self.faults),
+            "hold_status": self.hold_status, "reject_code": self.reject_code,
+            "withdraw_status": self.withdraw_status, "faults": asdict(self.faults),
             "state_file": str(self.state_file) if self.state_file else None,
         }
 
@@ -276,6 +282,9 @@ class Ledger:
         with self.lock:
             f = self.faults
             draws = [self.rng.random() for _ in range(4)]
+            if f.only_withdrawals and not is_withdraw:
+                return {"latency_ms": 0, "hang_ms": 0, "drop": False, "5xx": False, "429": False,
+                        "commit_then_drop": False}
             return {
                 "latency_ms": f.latency_ms, "hang_ms": f.hang_ms,
                 "drop": draws[0] < f.p_drop, "5xx": draws[1] < f.p_5xx, "429": draws[2] < f.p_429,
@@ -348,7 +357,7 @@ class Ledger:
             return asdict(new)
 
     def set_config(self, changes: dict[str, Any], api_key: str) -> dict[str, Any]:
-        unknown = set(changes) - {"confirm_delay", "history_lag", "hold_status", "reject_code"}
+        unknown = set(changes) - {"confirm_delay", "history_lag", "hold_status", "reject_code", "withdraw_status"}
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
         with self.lock:
@@ -360,8 +369,11 @@ class Ledger:
             reject = changes.get("reject_code", self.reject_code)
             if reject is not None and (not isinstance(reject, str) or not reject.isupper()):
                 raise ValueError("reject_code must be an upper-case ApiErrorCode or null")
+            answer = changes.get("withdraw_status", self.withdraw_status)
+            if isinstance(answer, bool) or not isinstance(answer, int) or not 200 <= answer <= 299:
+                raise ValueError("withdraw_status must be a 2xx status code")
             self.confirm_delay, self.history_lag, self.hold_status = confirm, lag, hold
-            self.reject_code = reject
+            self.reject_code, self.withdraw_status = reject, answer
             return self.config_json(api_key)
 
     def set_balances(self, raw: Any) -> dict[str, dict[str, str]]:
@@ -592,7 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault["hang_ms"]:
                     time.sleep(fault["hang_ms"] / 1000)
                 return self._reset_connection()
-            return self._json(200, withdrawal)
+            return self._json(sandbox.ledger.withdraw_status, withdrawal)
         if instruction == "withdrawalQueryAll":
             history_query = _parse_history_query(params)
             self._authenticate(instruction, params)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import structlog
 from celery import Celery, signals
 
+from bpx_worker import logs
 from bpx_worker.config import settings as config_settings
 from bpx_worker.config.celery import celery_settings
-from bpx_worker import logs
-from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.engine.engine import StepEngine
 from bpx_worker.exchange.client import BackpackClient
-from bpx_worker.jobs.store import JobStore
 from bpx_worker.exchange.signer import Signer
-from bpx_worker.engine.steps import StepRunner
+from bpx_worker.jobs.store import RedisJobStore
+from bpx_worker.withdrawal.runtime import build_engine
 
 app = Celery("withdrawal")
 app.config_from_object(celery_settings(config_settings.get()))
@@ -22,9 +23,9 @@ app.conf.include = ["bpx_worker.tasks.withdrawal"]
 
 
 @lru_cache(maxsize=1)
-def job_store() -> JobStore:
+def job_store() -> RedisJobStore:
     s = config_settings.get()
-    return JobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout)
+    return RedisJobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout)
 
 
 @lru_cache(maxsize=1)
@@ -34,10 +35,16 @@ def signer() -> Signer:
 
 
 @lru_cache(maxsize=1)
-def step_runner() -> StepRunner:
+def step_engine() -> StepEngine:
     s = config_settings.get()
-    client = BackpackClient.from_settings(s, signer())
-    return StepRunner(job_store(), client, withdrawal_workflow(), s, signer().open_sealed)
+    return build_engine(s, job_store(), BackpackClient.from_settings(s, signer()), signer())
+
+
+@lru_cache(maxsize=1)
+def unconfigured_engine() -> StepEngine:
+    """An engine with no keys: it can only end jobs (a worker whose keys do not load)."""
+    s = config_settings.get()
+    return build_engine(s, job_store(), BackpackClient.from_settings(s, None), None)
 
 
 def reload_settings() -> None:
@@ -45,7 +52,7 @@ def reload_settings() -> None:
     config_settings.get.cache_clear()
     app.conf.update(celery_settings(config_settings.get()))
     app.amqp._producer_pool = None  # publish through a pool built from the new broker URL
-    for cached in (job_store, signer, step_runner):
+    for cached in (job_store, signer, step_engine, unconfigured_engine):
         cached.cache_clear()
 
 
@@ -56,7 +63,7 @@ def _setup_logging(**_: object) -> None:
 
 
 @signals.task_prerun.connect
-def _bind_task(task_id: str, task, args=(), **_: object) -> None:
+def _bind_task(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: object) -> None:
     # Every log line of a step carries the task and the job it works on.
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name, job_id=args[0] if args else None)
@@ -66,4 +73,5 @@ def _bind_task(task_id: str, task, args=(), **_: object) -> None:
 def _fresh_connections(**_: object) -> None:
     # A forked pool process must not share the parent's sockets.
     job_store.cache_clear()
-    step_runner.cache_clear()
+    step_engine.cache_clear()
+    unconfigured_engine.cache_clear()

@@ -1,25 +1,33 @@
-"""The workflow's steps as Celery tasks, one per Arazzo step, chained in the document's order.
+"""The workflow's steps as Celery tasks, generated from the document: one per step, chained in its order.
 
-Each task carries the job id only; everything else is in the job record. The
-tasks are thin: the core (`worker.steps.StepRunner`) runs the step and says
-what to do next.
+Each task is named `withdrawal.<stepId>` (operators find each step by name in
+Flower) and carries the job id only; everything else is in the job record. The
+tasks are thin: the engine runs the step and says what to do next.
 """
 
 from __future__ import annotations
 
-from celery import Task, chain
+from typing import Any
 
-from bpx_worker.withdrawal import rules as withdrawal
+from celery import Task, chain
+from celery.canvas import Signature
+
+from bpx_worker.arazzo.workflow import Workflow, withdrawal_workflow
 from bpx_worker.config import settings as config_settings
-from bpx_worker.tasks.app import app, job_store, step_runner
-from bpx_worker.arazzo.workflow import withdrawal_workflow
-from bpx_worker.engine.steps import Next
+from bpx_worker.errors import ConfigurationError
+from bpx_worker.jobs.record import ErrorCode
+from bpx_worker.tasks.app import app, job_store, step_engine, unconfigured_engine
 
 TASK_PREFIX = "withdrawal."
 
 
-def _run(task: Task, job_id: str, step_id: str) -> dict[str, str]:
-    outcome: Next = step_runner().run(job_id, step_id)
+def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
+    try:
+        engine = step_engine()
+    except ConfigurationError as exc:
+        outcome = unconfigured_engine().end_job(job_id, step_id, ErrorCode.CONFIGURATION, str(exc))
+    else:
+        outcome = engine.run(job_id, step_id)
     if outcome.action == "retry":
         # A new message with a countdown (never a sleep in a worker slot); the
         # countdown is capped below the visibility timeout by Settings. The number
@@ -27,32 +35,28 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, str]:
         raise task.retry(countdown=outcome.countdown)
     if outcome.action == "stop":
         task.request.chain = None  # the job has ended: the rest of the chain must not run
-    return {"job_id": job_id, "step": step_id, "next": outcome.action, "state": outcome.state}
+    return {"job_id": job_id, "step": step_id, "next": outcome.action,
+            "state": outcome.state.value if outcome.state else None}
 
 
-@app.task(name=TASK_PREFIX + withdrawal.BALANCE_STEP, bind=True, max_retries=None)
-def get_balances(self: Task, job_id: str) -> dict[str, str]:
-    return _run(self, job_id, withdrawal.BALANCE_STEP)
+def _step_task(step_id: str) -> Task:
+    def run_step(self: Task, job_id: str) -> dict[str, Any]:
+        return _run(self, job_id, step_id)
+
+    run_step.__name__ = run_step.__qualname__ = f"run_{step_id}"
+    run_step.__doc__ = f"Run the workflow step {step_id!r} of one job."
+    return app.task(name=TASK_PREFIX + step_id, bind=True, max_retries=None)(run_step)  # type: ignore[no-any-return]
 
 
-@app.task(name=TASK_PREFIX + withdrawal.REQUEST_STEP, bind=True, max_retries=None)
-def request_withdrawal(self: Task, job_id: str) -> dict[str, str]:
-    return _run(self, job_id, withdrawal.REQUEST_STEP)
+def register(workflow: Workflow) -> dict[str, Task]:
+    """One task per step of `workflow`, by step id."""
+    return {step.step_id: _step_task(step.step_id) for step in workflow.steps}
 
 
-@app.task(name=TASK_PREFIX + withdrawal.RECONCILE_STEP, bind=True, max_retries=None)
-def reconcile_withdrawal(self: Task, job_id: str) -> dict[str, str]:
-    return _run(self, job_id, withdrawal.RECONCILE_STEP)
+STEP_TASKS = register(withdrawal_workflow())
 
 
-STEP_TASKS = {
-    withdrawal.BALANCE_STEP: get_balances,
-    withdrawal.REQUEST_STEP: request_withdrawal,
-    withdrawal.RECONCILE_STEP: reconcile_withdrawal,
-}
-
-
-def workflow_chain(job_id: str):
+def workflow_chain(job_id: str) -> Signature:
     """The chain of step tasks in the document's order. Steps already recorded are skipped when they run."""
     return chain(*(STEP_TASKS[step.step_id].si(job_id) for step in withdrawal_workflow().steps))
 
@@ -60,7 +64,7 @@ def workflow_chain(job_id: str):
 @app.task(name=TASK_PREFIX + "sweep")
 def sweep() -> list[str]:
     """Re-dispatch unfinished jobs that have not changed for STALL_AFTER seconds."""
-    stalled = [record["job_id"] for record in job_store().stalled(config_settings.get().stall_after)]
+    stalled = [record.job_id for record in job_store().stalled(config_settings.get().stall_after)]
     for job_id in stalled:
         workflow_chain(job_id).apply_async()
     return stalled

@@ -8,6 +8,7 @@
     │   ├── ExpressionError     malformed or unresolvable runtime expression
     │   └── CriteriaError       malformed success criterion
     ├── JobError                the job store
+    │   ├── JobNotFound         no record for that job id
     │   └── LeaseLost           another run of the same step holds a newer lease
     └── ExchangeError           talking to the exchange; the type decides what may be done next
         ├── TransientError      certainly not processed: retry with backoff
@@ -55,6 +56,10 @@ class CriteriaError(WorkflowError):
 
 
 class JobError(WorkerError):
+    pass
+
+
+class JobNotFound(JobError):
     pass
 
 

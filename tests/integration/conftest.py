@@ -48,6 +48,10 @@ class Sandbox:
     def faults(self, **values) -> None:
         requests.post(self.url + "/_sandbox/faults", json=values, timeout=5).raise_for_status()
 
+    def reset_faults_and_config(self) -> None:
+        self.faults(p_5xx=0, p_429=0, latency_ms=0, p_drop=0, p_commit_then_drop=0, hang_ms=0, only_withdrawals=False)
+        self.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None, withdraw_status=200)
+
     def balances(self, **values: str) -> None:
         requests.post(self.url + "/_sandbox/balances", json=values, timeout=5).raise_for_status()
 
@@ -64,11 +68,9 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture
 def sandbox(stack: Stack) -> Iterator[Sandbox]:
     admin = Sandbox(stack.sandbox_url)
-    admin.faults(p_5xx=0, p_429=0, latency_ms=0, p_drop=0, p_commit_then_drop=0, hang_ms=0)
-    admin.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None)
+    admin.reset_faults_and_config()
     yield admin
-    admin.faults(p_5xx=0, p_429=0, latency_ms=0, p_drop=0, p_commit_then_drop=0, hang_ms=0)
-    admin.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None)
+    admin.reset_faults_and_config()
 
 
 @pytest.fixture

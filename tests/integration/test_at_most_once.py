@@ -1,6 +1,6 @@
 """The withdrawal request is at most once, and every step is safe to run twice.
 
-These drive the core (`StepRunner`) step by step against the real Redis and the
+These drive the step engine step by step against the real Redis and the
 sandbox over HTTP, so each failure lands exactly where the test puts it.
 """
 
@@ -12,21 +12,23 @@ import uuid
 import pytest
 
 from bpx_worker.config import settings
-from bpx_worker.withdrawal import rules as withdrawal
-from bpx_worker.interfaces.api import submit_withdrawal, wait_for
-from bpx_worker.arazzo.workflow import withdrawal_workflow
-from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.errors import LeaseLost
-from devtools.local import wait_until
+from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer
-from bpx_worker.engine.steps import StepRunner
+from bpx_worker.interfaces.api import submit_withdrawal, wait_for
+from bpx_worker.jobs.record import Attempt, AttemptState, StepRecord
+from bpx_worker.withdrawal import rules as withdrawal
+from bpx_worker.withdrawal.runtime import build_engine
+from devtools.local import wait_until
+
+REQUEST = "requestWithdrawal"
 
 
 @pytest.fixture
 def runner(stack, store):
     signer = Signer.from_secret(stack.api_key, stack.secret_file.read_text())
     client = BackpackClient(stack.sandbox_url, signer, read_timeout=1.0)
-    yield StepRunner(store, client, withdrawal_workflow(), settings.get(), signer.open_sealed)
+    yield build_engine(settings.get(), store, client, signer)
     client.close()
 
 
@@ -36,9 +38,12 @@ def _job(store, quantity="3") -> str:
     client_id = withdrawal.client_id(key)
     inputs = {"symbol": "USDC", "blockchain": "Solana", "address": f"Addr{key[:10]}", "quantity": quantity,
               "clientId": client_id}
-    job_id, _ = store.create(key, {"client_id": client_id, "inputs": inputs, "current_step": None, "steps": {},
-                                   "submission": {"attempts": []}, "outputs": {}, "error": None})
+    job_id, _ = store.create(key, client_id, inputs)
     return job_id
+
+
+def _request(store, job_id):
+    return store.require(job_id).steps[REQUEST]
 
 
 def test_lost_response_after_commit_is_found_by_client_id_not_resent(runner, store, sandbox):
@@ -49,18 +54,18 @@ def test_lost_response_after_commit_is_found_by_client_id_not_resent(runner, sto
     sandbox.faults(p_commit_then_drop=0)
     assert first.action == "retry"
     record = store.require(job_id)
-    assert [a["state"] for a in record["submission"]["attempts"]] == ["ambiguous"]
-    client_id = record["client_id"]
+    assert [a.state for a in record.steps[REQUEST].attempts] == ["ambiguous"]
+    client_id = record.client_id
     assert len(sandbox.withdrawals(client_id)) == 1  # the exchange did record it
 
     # Later runs look it up (the history lags) and never send again.
     outcome = wait_until(lambda: runner.run(job_id, "requestWithdrawal").action == "continue" or None, 10,
                          "the lookup to find the withdrawal", interval=0.1)
     assert outcome
-    record = store.require(job_id)
-    assert record["submission"]["found_by_lookup"] is True
-    assert record["steps"]["requestWithdrawal"]["outputs"]["withdrawalId"] == sandbox.withdrawals(client_id)[0]["id"]
-    assert len(record["submission"]["attempts"]) == 1
+    step = _request(store, job_id)
+    assert step.found_by_lookup is True
+    assert step.outputs["withdrawalId"] == sandbox.withdrawals(client_id)[0]["id"]
+    assert len(step.attempts) == 1
     assert len(sandbox.withdrawals(client_id)) == 1
 
 
@@ -77,12 +82,12 @@ def test_ambiguous_5xx_never_found_ends_needs_review_and_is_never_resent(runner,
     assert final.state == "needs_review"
     assert time.monotonic() - started < 30
     record = store.require(job_id)
-    assert record["state"] == "needs_review"
-    assert record["error"]["code"] == "OUTCOME_UNKNOWN"
-    assert record["error"]["client_id"] == record["client_id"]
-    assert record["error"]["attempts"][0]["state"] == "ambiguous"
+    assert record.state == "needs_review"
+    assert record.error.code == "OUTCOME_UNKNOWN"
+    assert record.error.client_id == record.client_id
+    assert record.error.attempts[0].state == "ambiguous"
     assert sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"] == before  # never re-sent
-    assert sandbox.withdrawals(record["client_id"]) == []
+    assert sandbox.withdrawals(record.client_id) == []
 
 
 @pytest.mark.parametrize("left_behind", ["sending", "accepted"])
@@ -90,13 +95,18 @@ def test_an_attempt_left_behind_by_a_crash_is_looked_up_not_resent(runner, store
     job_id = _job(store)
     runner.run(job_id, "getBalances")
     lease = store.acquire(job_id, 5)
-    store.update(lease, lambda r: r["submission"]["attempts"].append({"n": 1, "state": left_behind,
-                                                                      "at": time.time()}))
+
+    def crashed(r):
+        r.steps[REQUEST] = StepRecord(started_at=time.time(), runs=1, attempts=[
+            Attempt(n=1, state=AttemptState(left_behind), at=time.time())])
+
+    store.update(lease, crashed)
     store.release(lease)  # as if the worker died right after recording the attempt
     before = sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"]
-    assert runner.run(job_id, "requestWithdrawal").action == "retry"
+    outcome = runner.run(job_id, REQUEST)
     assert sandbox.ledger()["requests"]["POST /wapi/v1/capital/withdrawals"] == before
-    assert store.require(job_id)["submission"]["lookups"] == 1
+    assert _request(store, job_id).lookups == 1
+    assert outcome.action == "retry"  # not found (yet): looked up again later, never re-sent
 
 
 def test_429_on_the_request_is_retried_because_it_was_not_processed(runner, store, sandbox):
@@ -106,11 +116,11 @@ def test_429_on_the_request_is_retried_because_it_was_not_processed(runner, stor
     outcome = runner.run(job_id, "requestWithdrawal")
     sandbox.faults(p_429=0)
     assert outcome.action == "retry" and outcome.countdown >= 1  # honours Retry-After: 1
-    assert store.require(job_id)["submission"]["attempts"][0]["state"] == "not_sent"
+    assert _request(store, job_id).attempts[0].state == "not_sent"
     assert runner.run(job_id, "requestWithdrawal").action == "continue"
     record = store.require(job_id)
-    assert [a["state"] for a in record["submission"]["attempts"]] == ["not_sent", "accepted"]
-    assert len(sandbox.withdrawals(record["client_id"])) == 1
+    assert [a.state for a in record.steps[REQUEST].attempts] == ["not_sent", "accepted"]
+    assert len(sandbox.withdrawals(record.client_id)) == 1
 
 
 def test_a_step_already_recorded_is_skipped(runner, store, sandbox):
@@ -128,7 +138,7 @@ def test_a_held_lease_makes_a_second_copy_wait(runner, store, sandbox):
     lease = store.acquire(job_id, 5)
     outcome = runner.run(job_id, "getBalances")
     assert outcome.action == "retry" and 0 < outcome.countdown <= 5.5
-    assert "getBalances" not in store.require(job_id)["steps"]
+    assert "getBalances" not in store.require(job_id).steps
     store.release(lease)
 
 
@@ -139,9 +149,9 @@ def test_a_run_whose_lease_expired_cannot_write(store):
     fresh = store.acquire(job_id, 5)
     assert fresh.token > stale.token
     with pytest.raises(LeaseLost):
-        store.update(stale, lambda r: r.update(state="failed"))
-    store.update(fresh, lambda r: r.update(current_step="getBalances"))
-    assert store.require(job_id)["state"] == "queued"
+        store.update(stale, lambda r: setattr(r, "state", "failed"))
+    store.update(fresh, lambda r: setattr(r, "current_step", "getBalances"))
+    assert store.require(job_id).state == "queued"
     store.release(fresh)
 
 
@@ -152,9 +162,9 @@ def test_duplicated_chains_still_make_one_withdrawal(stack, sandbox, store):
     for _ in range(3):
         workflow_chain(job_id).apply_async()  # as if the messages were delivered four times
     record = wait_for(job_id, timeout=60)
-    assert record["state"] == "succeeded"
-    assert len(sandbox.withdrawals(record["client_id"])) == 1
-    assert len(record["submission"]["attempts"]) == 1
+    assert record.state == "succeeded"
+    assert len(sandbox.withdrawals(record.client_id)) == 1
+    assert len(record.steps[REQUEST].attempts) == 1
 
 
 def test_a_failed_lookup_is_not_taken_for_not_found(runner, store, sandbox):
@@ -163,16 +173,16 @@ def test_a_failed_lookup_is_not_taken_for_not_found(runner, store, sandbox):
     sandbox.faults(p_commit_then_drop=1.0)
     runner.run(job_id, "requestWithdrawal")  # recorded by the exchange, answer lost
     lease = store.acquire(job_id, 5)
-    store.update(lease, lambda r: r["submission"]["attempts"][0].update(at=time.time() - 3600))  # long past
+    store.update(lease, lambda r: setattr(r.steps[REQUEST].attempts[0], "at", time.time() - 3600))  # long past
     store.release(lease)
     sandbox.faults(p_commit_then_drop=0, p_5xx=1.0)  # every lookup now fails
     outcome = runner.run(job_id, "requestWithdrawal")
     assert outcome.action == "retry"  # past the deadline, but a failed lookup proves nothing
-    assert store.require(job_id)["submission"]["failed_lookups"] == 1
+    assert _request(store, job_id).failed_lookups == 1
     sandbox.faults(p_5xx=0)
-    client_id = store.require(job_id)["client_id"]
+    client_id = store.require(job_id).client_id
     wait_until(lambda: sandbox.withdrawals(client_id)[0]["visibleInHistory"], 5, "the history lag to pass")
     assert runner.run(job_id, "requestWithdrawal").action == "continue"
     record = store.require(job_id)
-    assert record["submission"]["found_by_lookup"] is True
-    assert len(sandbox.withdrawals(record["client_id"])) == 1
+    assert record.steps[REQUEST].found_by_lookup is True
+    assert len(sandbox.withdrawals(record.client_id)) == 1

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from devtools.local import local_stack, wait_until
+from bpx_worker.jobs.record import JobRecord
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -107,28 +108,28 @@ def _submit(n: int, symbol: str = "USDC", quantity: str | None = None) -> list[s
     return jobs
 
 
-def _records(job_ids: list[str]) -> dict[str, dict]:
+def _records(job_ids: list[str]) -> dict[str, JobRecord | None]:
     from bpx_worker.tasks.app import job_store
 
     store = job_store()
     return {job_id: store.get(job_id) for job_id in job_ids}
 
 
-def _await_terminal(job_ids: list[str], timeout: float) -> dict[str, dict]:
+def _await_terminal(job_ids: list[str], timeout: float) -> dict[str, JobRecord | None]:
     def all_done():
         records = _records(job_ids)
-        return records if all(r and r["state"] in ("succeeded", "failed", "needs_review") for r in records.values()) \
+        return records if all(r and r.state in ("succeeded", "failed", "needs_review") for r in records.values()) \
             else None
 
     try:
         return wait_until(all_done, timeout, f"{len(job_ids)} jobs to end", interval=0.5)
     except TimeoutError:
         records = _records(job_ids)
-        stuck = [r for r in records.values() if r and r["state"] not in ("succeeded", "failed", "needs_review")]
+        stuck = [r for r in records.values() if r and r.state not in ("succeeded", "failed", "needs_review")]
         for r in stuck[:5]:
             print("STUCK", json.dumps({k: r.get(k) for k in ("job_id", "state", "current_step", "updated_at",
                                                              "steps", "submission")}, default=str))
-        states = Counter(r["state"] if r else "missing" for r in records.values())
+        states = Counter(r.state if r else "missing" for r in records.values())
         raise AssertionError(f"jobs not all terminal after {timeout:g}s: {dict(states)}") from None
 
 
@@ -136,26 +137,26 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
     ledger = requests.get(stack.sandbox_url + "/_sandbox/ledger", timeout=10).json()
     withdrawals = ledger["withdrawals"]
     by_client = Counter(w["clientId"] for w in withdrawals)
-    clients = {r["client_id"]: job_id for job_id, r in records.items() if r}
+    clients = {r.client_id: job_id for job_id, r in records.items() if r}
 
     missing = [j for j in job_ids if records.get(j) is None]
-    not_terminal = [j for j, r in records.items() if r and r["state"] not in ("succeeded", "failed", "needs_review")]
+    not_terminal = [j for j, r in records.items() if r and r.state not in ("succeeded", "failed", "needs_review")]
     duplicates = {c: n for c, n in by_client.items() if n > 1}
     orphans = [w for w in withdrawals if w["clientId"] not in clients]
-    states = Counter(r["state"] for r in records.values() if r)
-    reached_review = sum(1 for r in records.values() if r["state"] == "needs_review" and by_client[r["client_id"]])
-    review_codes = dict(Counter(r["error"]["code"] for r in records.values() if r["state"] == "needs_review"))
+    states = Counter(r.state for r in records.values() if r)
+    reached_review = sum(1 for r in records.values() if r.state == "needs_review" and by_client[r.client_id])
+    review_codes = dict(Counter(r.error.code for r in records.values() if r.state == "needs_review"))
 
     problems = []
     for job_id, r in records.items():
-        n = by_client[r["client_id"]]
-        if r["state"] == "succeeded":
-            mine = [w for w in withdrawals if w["clientId"] == r["client_id"]]
-            if n != 1 or mine[0]["id"] != r["outputs"]["withdrawalId"]:
+        n = by_client[r.client_id]
+        if r.state == "succeeded":
+            mine = [w for w in withdrawals if w["clientId"] == r.client_id]
+            if n != 1 or mine[0]["id"] != r.outputs["withdrawalId"]:
                 problems.append(f"succeeded job {job_id} has {n} withdrawals")
-            elif Decimal(mine[0]["quantity"]) != Decimal(r["inputs"]["quantity"]):
+            elif Decimal(mine[0]["quantity"]) != Decimal(r.inputs["quantity"]):
                 problems.append(f"job {job_id}: quantity {mine[0]['quantity']} != {r['inputs']['quantity']}")
-        elif r["state"] == "failed" and n != 0:
+        elif r.state == "failed" and n != 0:
             problems.append(f"failed job {job_id} has {n} withdrawals")
     debited = {sym: START_BALANCES[sym] - Decimal(ledger["balances"].get(sym, {}).get("available", "0"))
                for sym in START_BALANCES}
@@ -225,7 +226,7 @@ def test_faults_and_worker_kills_lose_nothing_and_send_nothing_twice(chaos_stack
 def test_redis_restart_with_aof_mid_run_loses_nothing(chaos_stack, crash):
     stack = chaos_stack
     job_ids = _submit(100)
-    wait_until(lambda: sum(r["state"] == "succeeded" for r in _records(job_ids).values()) >= 10, 120,
+    wait_until(lambda: sum(r.state == "succeeded" for r in _records(job_ids).values()) >= 10, 120,
                "the first jobs to finish", interval=0.2)
     stack.redis.stop(hard=crash)  # SIGKILL, or SIGTERM; the append-only file is fsynced at every write
     time.sleep(2)  # Redis stays down for a while: that is the fault under test
@@ -241,7 +242,7 @@ def test_sandbox_down_for_several_retries_jobs_wait_then_finish(chaos_stack):
 
     def retried_three_times():
         records = _records(job_ids).values()
-        return all(r["steps"].get("getBalances", {}).get("transient_failures", 0) >= 3 for r in records)
+        return all("getBalances" in r.steps and r.steps["getBalances"].transient_failures >= 3 for r in records)
 
     wait_until(retried_three_times, 120, "every job to retry three times", interval=0.2)
     stack.start_sandbox()
@@ -257,5 +258,5 @@ def test_concurrent_jobs_over_the_balance_never_overdraw(chaos_stack):
     result = _check_invariants(stack, job_ids, records, "over balance")
     assert result["states"]["succeeded"] == 10
     assert result["states"]["failed"] == 5
-    assert all(r["error"]["code"] == "INSUFFICIENT_FUNDS" for r in records.values() if r["state"] == "failed")
+    assert all(r.error.code == "INSUFFICIENT_FUNDS" for r in records.values() if r.state == "failed")
     assert Decimal(result["ledger"]["balances"]["SOL"]["available"]) == 0

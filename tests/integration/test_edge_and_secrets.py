@@ -29,6 +29,7 @@ from bpx_worker.errors import InvalidRequest, RejectedError
 from bpx_worker.jobs.store import JOBS_INDEX, sealed_2fa_key
 from bpx_worker.logs import REDACTED, redact
 from bpx_worker.withdrawal.request import parse_request
+from devtools.local import wait_until
 
 # An ED25519 signature is 64 bytes: 88 base64 characters ending in "==".
 SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}==")
@@ -272,7 +273,7 @@ def _wrong_key_withdrawal(stack, token: str) -> tuple[RejectedError, list[str]]:
     from bpx_worker.exchange.client import BackpackClient
     from bpx_worker.exchange.signer import Signer
 
-    operation = withdrawal_workflow().step(withdrawal.REQUEST_STEP).operation
+    operation = withdrawal_workflow().step("requestWithdrawal").operation
     impostor = _RecordingSigner(Signer(stack.api_key, nacl.signing.SigningKey.generate()))
     client = BackpackClient(stack.sandbox_url, impostor)
     body = {"symbol": "USDC", "blockchain": "Solana", "address": f"Addr{uuid.uuid4().hex[:12]}", "quantity": "1",
@@ -324,9 +325,9 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
     finally:
         stop.set()
         sampler.join(10)
-    assert record["state"] == "succeeded", record["error"]
-    assert other["state"] == "succeeded", other["error"]
-    assert record["steps"]["requestWithdrawal"]["state"] == "done"
+    assert record.state == "succeeded", record.error
+    assert other.state == "succeeded", other.error
+    assert record.steps["requestWithdrawal"].state == "done"
 
     # The token sat in Redis only sealed, and only until requestWithdrawal used it.
     from bpx_worker.exchange.signer import Signer
@@ -338,18 +339,18 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
     assert not store.redis.exists(sealed_2fa_key(without_token))
 
     # ...and it reached the exchange, for that withdrawal only.
-    mine = sandbox.withdrawals(record["client_id"])
-    assert [w["id"] for w in mine] == [record["outputs"]["withdrawalId"]]
+    mine = sandbox.withdrawals(record.client_id)
+    assert [w["id"] for w in mine] == [record.outputs["withdrawalId"]]
     assert mine[0]["twoFactorTokenProvided"] is True
-    theirs = sandbox.withdrawals(other["client_id"])
+    theirs = sandbox.withdrawals(other.client_id)
     assert len(theirs) == 1 and theirs[0]["twoFactorTokenProvided"] is False
 
     # Task messages carry the job id and nothing else.
     assert len(published) == 2, published
-    chain_tasks = [f"withdrawal.{withdrawal.REQUEST_STEP}", f"withdrawal.{withdrawal.RECONCILE_STEP}"]
+    chain_tasks = ["withdrawal.requestWithdrawal", "withdrawal.reconcileWithdrawal"]
     for (body, headers), job_id in zip(published, (with_token, without_token)):
         args, kwargs, embed = body
-        assert headers["task"] == f"withdrawal.{withdrawal.BALANCE_STEP}"
+        assert headers["task"] == "withdrawal.getBalances"
         assert list(args) == [job_id] and kwargs == {}
         chain = embed["chain"]
         assert sorted(sig["task"] for sig in chain) == sorted(chain_tasks)
@@ -357,7 +358,7 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
             assert list(sig["args"]) == [job_id] and sig["kwargs"] == {}, sig
         dumped = json.dumps([body, headers], default=str)
         assert not any(address in dumped for address in addresses)
-        assert record["client_id"] not in dumped and other["client_id"] not in dumped
+        assert record.client_id not in dumped and other.client_id not in dumped
         needles.assert_clean(f"task message for {job_id}", dumped)
 
     # A refused call: its error names the problem but not the signature or the token.
@@ -380,12 +381,15 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
 
     # Nor in the records, nor in the logs of the worker and the sandbox.
     for job_id in (with_token, without_token):
-        needles.assert_clean(f"job record {job_id}", json.dumps(get_job(job_id)))
-    time.sleep(0.2)  # the last log lines of the run
-    worker_log = (stack.directory / "worker.log").read_text(errors="replace")
-    sandbox_log = (stack.directory / "sandbox.log").read_text(errors="replace")
-    assert with_token in worker_log, "the worker log does not mention the job: wrong file?"
-    assert f"clientId={record['client_id']}" in sandbox_log, "the sandbox log does not mention the withdrawal"
+        needles.assert_clean(f"job record {job_id}", get_job(job_id).to_json())
+    def log_mentioning(name, needle):
+        text = (stack.directory / name).read_text(errors="replace")
+        return text if needle in text else None
+
+    # Wait for the lines of this run to be written, so the scan is not blind to them.
+    worker_log = wait_until(lambda: log_mentioning("worker.log", with_token), 10, "the worker log to mention the job")
+    sandbox_log = wait_until(lambda: log_mentioning("sandbox.log", f"clientId={record.client_id}"), 10,
+                             "the sandbox log to mention the withdrawal")
     needles.assert_clean("worker.log", worker_log)
     needles.assert_clean("sandbox.log", sandbox_log)
     for signature in signatures:

@@ -9,7 +9,7 @@ from bpx_worker.config import settings
 from bpx_worker.arazzo.workflow import HttpRequest
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.errors import RejectedError, TransientError
-from bpx_worker.engine.inprocess import run_withdrawal_inprocess
+from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
 from bpx_worker.exchange.signer import Signer
 
 
@@ -27,7 +27,7 @@ def test_worker_workflow_returns_outputs_and_records_one_withdrawal(stack, sandb
     assert len(mine) == 1
     assert (mine[0]["id"], mine[0]["symbol"], Decimal(mine[0]["quantity"]), mine[0]["toAddress"]) == (
         result.outputs["withdrawalId"], "USDC", Decimal("12.5"), inputs["address"])
-    assert result.steps["reconcileWithdrawal"]["attempts"] >= 1
+    assert result.steps["reconcileWithdrawal"].polls >= 1
 
 
 def test_seed_document_as_published_still_runs(stack, sandbox):
@@ -44,7 +44,7 @@ def test_balance_check_stops_before_any_withdrawal(stack, sandbox):
     before = len(sandbox.withdrawals())
     result = run_withdrawal_inprocess(settings.get(), _inputs("51", "SOL"), uuid.uuid4().hex)
     assert result.state == "failed"
-    assert result.error["step"] == "getBalances" and result.error["code"] == "INSUFFICIENT_FUNDS"
+    assert result.error.step == "getBalances" and result.error.code == "INSUFFICIENT_FUNDS"
     assert len(sandbox.withdrawals()) == before
 
 

@@ -16,16 +16,16 @@ def _submit(quantity="10", symbol="USDC", **kwargs):
 def test_happy_path_records_all_three_steps(stack, sandbox):
     job_id, address = _submit("10.25")
     record = wait_for(job_id, timeout=60)
-    assert record["state"] == "succeeded", record["error"]
-    assert record["outputs"]["status"] == "confirmed"
-    withdrawal_id = record["outputs"]["withdrawalId"]
-    steps = record["steps"]
+    assert record.state == "succeeded", record.error
+    assert record.outputs["status"] == "confirmed"
+    withdrawal_id = record.outputs["withdrawalId"]
+    steps = record.steps
     assert set(steps) == {"getBalances", "requestWithdrawal", "reconcileWithdrawal"}
-    assert all(s["state"] == "done" and s["status_code"] == 200 for s in steps.values())
-    assert "USDC" in steps["getBalances"]["outputs"]["balances"]
-    assert steps["requestWithdrawal"]["outputs"]["withdrawalId"] == withdrawal_id
-    assert steps["reconcileWithdrawal"]["outputs"] == {"reconciledStatus": "confirmed", "reconciledId": withdrawal_id}
-    mine = sandbox.withdrawals(record["client_id"])
+    assert all(s.state == "done" and s.status_code == 200 for s in steps.values())
+    assert "USDC" in steps["getBalances"].outputs["balances"]
+    assert steps["requestWithdrawal"].outputs["withdrawalId"] == withdrawal_id
+    assert steps["reconcileWithdrawal"].outputs == {"reconciledStatus": "confirmed", "reconciledId": withdrawal_id}
+    mine = sandbox.withdrawals(record.client_id)
     assert len(mine) == 1
     assert (mine[0]["id"], Decimal(mine[0]["quantity"]), mine[0]["toAddress"]) == (
         withdrawal_id, Decimal("10.25"), address)
@@ -34,11 +34,11 @@ def test_happy_path_records_all_three_steps(stack, sandbox):
 def test_insufficient_balance_fails_at_get_balances_and_sends_nothing(stack, sandbox):
     job_id, _ = _submit("50.0001", symbol="SOL")
     record = wait_for(job_id, timeout=60)
-    assert record["state"] == "failed"
-    assert record["error"]["step"] == "getBalances"
-    assert record["error"]["code"] == "INSUFFICIENT_FUNDS"
-    assert "requestWithdrawal" not in record["steps"]
-    assert sandbox.withdrawals(record["client_id"]) == []
+    assert record.state == "failed"
+    assert record.error.step == "getBalances"
+    assert record.error.code == "INSUFFICIENT_FUNDS"
+    assert "requestWithdrawal" not in record.steps
+    assert sandbox.withdrawals(record.client_id) == []
 
 
 def test_history_lag_longer_than_first_poll_delay_polls_again(stack, sandbox):
@@ -46,8 +46,8 @@ def test_history_lag_longer_than_first_poll_delay_polls_again(stack, sandbox):
     before = sandbox.ledger()["requests"]["GET /wapi/v1/capital/withdrawals"]
     job_id, _ = _submit("1")
     record = wait_for(job_id, timeout=60)
-    assert record["state"] == "succeeded", record["error"]
-    assert record["steps"]["reconcileWithdrawal"]["polls"] >= 2
+    assert record.state == "succeeded", record.error
+    assert record.steps["reconcileWithdrawal"].polls >= 2
     after = sandbox.ledger()["requests"]["GET /wapi/v1/capital/withdrawals"]
     assert after - before >= 2
 
@@ -56,17 +56,17 @@ def test_withdrawal_pending_past_the_deadline_needs_review(stack, sandbox):
     sandbox.configure(hold_status="pending")
     job_id, _ = _submit("1")
     record = wait_for(job_id, timeout=60)
-    assert record["state"] == "needs_review"
-    assert record["error"]["code"] == "RECONCILE_DEADLINE"
-    assert record["steps"]["reconcileWithdrawal"]["last_seen_status"] == "pending"
-    assert len(sandbox.withdrawals(record["client_id"])) == 1
+    assert record.state == "needs_review"
+    assert record.error.code == "RECONCILE_DEADLINE"
+    assert record.steps["reconcileWithdrawal"].last_seen_status == "pending"
+    assert len(sandbox.withdrawals(record.client_id)) == 1
 
 
 def test_status_needing_a_human_ends_needs_review(stack, sandbox):
     sandbox.configure(hold_status="ownershipVerificationRequired")
     record = wait_for(_submit("1")[0], timeout=60)
-    assert record["state"] == "needs_review"
-    assert record["error"]["code"] == "STATUS_NEEDS_REVIEW"
+    assert record.state == "needs_review"
+    assert record.error.code == "STATUS_NEEDS_REVIEW"
 
 
 def test_same_idempotency_key_is_one_job_and_one_withdrawal(stack, sandbox):
@@ -77,8 +77,8 @@ def test_same_idempotency_key_is_one_job_and_one_withdrawal(stack, sandbox):
     record = wait_for(first, timeout=60)
     third = submit_withdrawal("USDC", "Solana", address, "2", idempotency_key=key)
     assert third == first
-    assert record["state"] == "succeeded"
-    assert len(sandbox.withdrawals(record["client_id"])) == 1
+    assert record.state == "succeeded"
+    assert len(sandbox.withdrawals(record.client_id)) == 1
 
 
 def test_exchange_rejection_at_request_withdrawal_fails_with_its_code(stack, sandbox):
@@ -87,10 +87,10 @@ def test_exchange_rejection_at_request_withdrawal_fails_with_its_code(stack, san
         record = wait_for(_submit("1")[0], timeout=60)
     finally:
         sandbox.configure(reject_code=None)
-    assert record["state"] == "failed"
-    assert record["error"]["step"] == "requestWithdrawal"
-    assert record["error"]["code"] == "INVALID_CLIENT_REQUEST"
-    assert sandbox.withdrawals(record["client_id"]) == []
+    assert record.state == "failed"
+    assert record.error.step == "requestWithdrawal"
+    assert record.error.code == "INVALID_CLIENT_REQUEST"
+    assert sandbox.withdrawals(record.client_id) == []
 
 
 def test_unknown_job_is_a_clear_error(stack):
@@ -101,7 +101,6 @@ def test_unknown_job_is_a_clear_error(stack):
 
 
 def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store):
-    import json
     import time
 
     from bpx_worker.tasks.withdrawal import sweep
@@ -111,16 +110,15 @@ def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store
     key = uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
     inputs = {"symbol": "USDC", "blockchain": "Solana", "address": "SweptAddr", "quantity": "1", "clientId": client_id}
-    job_id, _ = store.create(key, {"client_id": client_id, "inputs": inputs, "current_step": None, "steps": {},
-                                   "submission": {"attempts": []}, "outputs": {}, "error": None})
+    job_id, _ = store.create(key, client_id, inputs)
     # No chain was ever sent (as if the submitter died right after writing the record),
     # and nothing has happened for longer than STALL_AFTER.
     record = store.require(job_id)
-    record["updated_at"] = time.time() - 10_000
-    store.redis.set(job_key(job_id), json.dumps(record))
-    store.redis.zadd(ACTIVE_INDEX, {job_id: record["updated_at"]})
+    record.updated_at = time.time() - 10_000
+    store.redis.set(job_key(job_id), record.to_json())
+    store.redis.zadd(ACTIVE_INDEX, {job_id: record.updated_at})
     sweep.delay()
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     assert len(sandbox.withdrawals(client_id)) == 1
 
 

@@ -1,4 +1,4 @@
-"""The backoff policy and the withdrawal rules: pure functions."""
+"""The backoff (tenacity wait strategies) and the withdrawal rules: pure functions."""
 
 import random
 from decimal import Decimal
@@ -6,7 +6,9 @@ from decimal import Decimal
 import pytest
 
 from bpx_worker.withdrawal import rules as withdrawal
-from bpx_worker.engine.policy import Backoff
+from bpx_worker.engine.backoff import Backoff
+from bpx_worker.engine.rules import Verdict
+from bpx_worker.jobs.record import ErrorCode
 
 
 @pytest.mark.parametrize("attempt, expected", [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (10, 10.0)])
@@ -16,11 +18,12 @@ def test_backoff_grows_and_caps(attempt, expected):
 
 def test_jitter_stays_between_half_and_full_delay():
     policy = Backoff(1.0, 2.0, 10.0, jitter=True)
-    rng = random.Random(7)
+    random.seed(7)
     for attempt in range(8):
         base = Backoff(1.0, 2.0, 10.0).delay(attempt)
-        for _ in range(50):
-            assert base / 2 <= policy.delay(attempt, rng) <= base
+        draws = [policy.delay(attempt) for _ in range(50)]
+        assert all(base / 2 <= d <= base for d in draws)
+        assert len(set(draws)) > 1  # really drawn, not fixed
 
 
 def test_exhausted_counts_attempts():
@@ -65,10 +68,33 @@ def test_client_id_is_hashed_otherwise_and_always_url_safe(key):
     assert cid == withdrawal.client_id(key)
 
 
-@pytest.mark.parametrize("status, meaning", [
-    ("confirmed", "confirmed"), ("pending", "in_progress"), ("ownershipVerificationRequired", "needs_review"),
-    ("recipientInformationRequired", "needs_review"), ("void", "needs_review"), (None, "needs_review"),
-    ("somethingNew", "needs_review"),
+@pytest.mark.parametrize("status, verdict", [
+    ("confirmed", Verdict.SETTLED), ("pending", Verdict.IN_PROGRESS),
+    ("ownershipVerificationRequired", Verdict.NEEDS_REVIEW), ("recipientInformationRequired", Verdict.NEEDS_REVIEW),
+    ("void", Verdict.NEEDS_REVIEW), (None, Verdict.NEEDS_REVIEW), ("somethingNew", Verdict.NEEDS_REVIEW),
 ])
-def test_settlement(status, meaning):
-    assert withdrawal.settlement(status) == meaning
+def test_settlement_of_withdrawal_statuses(status, verdict):
+    settlement = withdrawal.workflow_rules().settlement[withdrawal.HISTORY_OPERATION]
+    assert settlement.judge({"reconciledStatus": status}) is verdict
+
+
+def test_balance_rule_refuses_a_shortfall_with_its_code():
+    check = withdrawal.workflow_rules().after[withdrawal.BALANCES_OPERATION]
+    refusal = check({"balances": BALANCES}, {"symbol": "USDC", "quantity": "101"})
+    assert refusal is not None and refusal.code is ErrorCode.INSUFFICIENT_FUNDS
+    assert check({"balances": BALANCES}, {"symbol": "USDC", "quantity": "100"}) is None
+
+
+@pytest.mark.parametrize("inputs, code", [
+    ({"symbol": "USDC", "quantity": "500", "blockchain": "Solana", "address": "Good"}, ErrorCode.LIMIT_EXCEEDED),
+    ({"symbol": "USDC", "quantity": "5", "blockchain": "Solana", "address": "Elsewhere"},
+     ErrorCode.DESTINATION_NOT_ALLOWED),
+    ({"symbol": "USDC", "quantity": "5", "blockchain": "Ethereum", "address": "Good"},
+     ErrorCode.DESTINATION_NOT_ALLOWED),
+    ({"symbol": "USDC", "quantity": "100", "blockchain": "Solana", "address": "Good"}, None),
+    ({"symbol": "SOL", "quantity": "1000", "blockchain": "Solana", "address": "Good"}, None),  # no cap for SOL
+])
+def test_worker_limits_are_checked_before_sending(inputs, code):
+    rules = withdrawal.workflow_rules({"USDC": Decimal("100")}, frozenset({"Solana:Good"}))
+    refusal = rules.before_send[withdrawal.WITHDRAW_OPERATION](None, inputs)
+    assert (refusal.code if refusal else None) is code

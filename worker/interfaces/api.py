@@ -11,16 +11,15 @@ from bpx_worker.config import settings as config_settings
 from bpx_worker.exchange import twofactor
 from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.errors import JobError
-from bpx_worker.jobs.store import TERMINAL, JobStore
+from bpx_worker.jobs.record import JobRecord, JobState
+from bpx_worker.jobs.store import RedisJobStore
+from bpx_worker.tasks.app import job_store
+from bpx_worker.tasks.withdrawal import workflow_chain
 from bpx_worker.withdrawal.request import SafetyLimits, parse_request
 
 
-def _store(store: JobStore | None) -> JobStore:
-    if store is not None:
-        return store
-    from bpx_worker.tasks.app import job_store
-
-    return job_store()
+def _store(store: RedisJobStore | None) -> RedisJobStore:
+    return store if store is not None else job_store()
 
 
 def submit_withdrawal(
@@ -32,7 +31,7 @@ def submit_withdrawal(
     idempotency_key: str | None = None,
     two_factor_token: str | None = None,
     window: int | None = None,
-    store: JobStore | None = None,
+    store: RedisJobStore | None = None,
 ) -> str:
     """Validate and enqueue a withdrawal; returns the job id.
 
@@ -50,46 +49,36 @@ def submit_withdrawal(
                                                  allowed_destinations=settings.allowed_destinations))
     key = request.idempotency_key or uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
-    record = {
-        "client_id": client_id,
-        "inputs": {**request.public_inputs(), "clientId": client_id},
-        "current_step": None,
-        "steps": {},
-        "submission": {"attempts": []},
-        "outputs": {},
-        "error": None,
-    }
+    inputs = {**request.public_inputs(), "clientId": client_id}
     sealed = None
     if request.two_factor_token is not None:
         sealed = twofactor.seal(request.two_factor_token.get_secret_value(), settings.api_key())
     jobs = _store(store)
-    job_id, created = jobs.create(key, record, sealed)
-    if created or jobs.require(job_id)["state"] == "queued":
+    job_id, created = jobs.create(key, client_id, inputs, sealed)
+    if created or jobs.require(job_id).state == JobState.QUEUED:
         # Enqueue again when a previous submit crashed before enqueueing; a
         # duplicate chain is harmless (steps are idempotent and leased).
-        from bpx_worker.tasks.withdrawal import workflow_chain
-
         workflow_chain(job_id).apply_async()
     return job_id
 
 
-def get_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
+def get_job(job_id: str, store: RedisJobStore | None = None) -> JobRecord:
     """The job record; raises JobError when there is none."""
     return _store(store).require(job_id)
 
 
-def wait_for(job_id: str, timeout: float = 300.0, store: JobStore | None = None) -> dict[str, Any]:
+def wait_for(job_id: str, timeout: float = 300.0, store: RedisJobStore | None = None) -> JobRecord:
     """Block until the job ends (following its event stream); returns the final record."""
     jobs = _store(store)
     deadline = time.monotonic() + timeout
     last = "0-0"
     while True:
         record = jobs.require(job_id)
-        if record["state"] in TERMINAL:
+        if record.terminal:
             return record
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise JobError(f"job {job_id} still {record['state']} after {timeout:g}s")
+            raise JobError(f"job {job_id} still {record.state} after {timeout:g}s")
         events = jobs.events(job_id, last, block_ms=int(min(remaining, 5.0) * 1000))
         if events:
             last = events[-1][0]

@@ -14,6 +14,7 @@ from rich.table import Table
 from bpx_worker.config import settings as config_settings
 from bpx_worker import logs
 from bpx_worker.errors import ConfigurationError, InvalidRequest, JobError
+from bpx_worker.jobs.record import JobRecord
 
 # Named exit codes
 EXIT_OK = 0
@@ -83,7 +84,7 @@ def status(job_id: str, as_json: bool) -> None:
         console.print(f"[red]{exc}[/red]")
         sys.exit(EXIT_NOT_FOUND)
     if as_json:
-        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        click.echo(json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True))
     else:
         show(record)
 
@@ -123,37 +124,38 @@ def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, seed_o
     """Run the whole workflow in this process (no Celery, no Redis) and print its outputs."""
     import uuid
 
-    from bpx_worker.engine.inprocess import run_withdrawal_inprocess
+    from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
 
     s = _settings()
     inputs = {"symbol": symbol, "blockchain": blockchain, "address": address, "quantity": quantity}
     result = run_withdrawal_inprocess(s, inputs, idempotency_key or uuid.uuid4().hex, seed_only=seed_only)
-    click.echo(json.dumps({"state": result.state, "outputs": result.outputs, "error": result.error}, indent=2))
+    click.echo(json.dumps(result.model_dump(mode="json", include={"state", "outputs", "error"}), indent=2))
     sys.exit(STATE_EXIT.get(result.state, EXIT_FAILED))
 
 
 # --- display -----------------------------------------------------------------------------------
 
 
-def show(record: dict[str, Any]) -> None:
-    state = record["state"]
-    console.print(f"job [bold]{record['job_id']}[/bold]  state [{STATE_STYLE.get(state, 'white')}]{state}[/]"
-                  f"  clientId {record.get('client_id')}")
-    inputs = record.get("inputs", {})
-    console.print("  " + "  ".join(f"{k}={v}" for k, v in inputs.items()))
+def show(record: JobRecord) -> None:
+    state = record.state.value
+    console.print(f"job [bold]{record.job_id}[/bold]  state [{STATE_STYLE.get(state, 'white')}]{state}[/]"
+                  f"  clientId {record.client_id}")
+    console.print("  " + "  ".join(f"{k}={v}" for k, v in record.inputs.items()))
     table = Table("step", "state", "runs", "status", "seconds", "detail", box=None, pad_edge=False)
-    for step_id, step in record.get("steps", {}).items():
-        detail = {k: v for k, v in (step.get("outputs") or {}).items() if k != "balances"}
-        if "polls" in step:
-            detail["polls"] = step["polls"]
-        table.add_row(step_id, step.get("state", ""), str(step.get("runs", "")), str(step.get("status_code", "")),
-                      str(step.get("seconds", "")), json.dumps(detail) if detail else "")
+    for step_id, step in record.steps.items():
+        detail: dict[str, Any] = {k: v for k, v in step.outputs.items() if k != "balances"}
+        if step.polls:
+            detail["polls"] = step.polls
+        if step.attempts:
+            detail["attempts"] = [a.state.value for a in step.attempts]
+        table.add_row(step_id, step.state.value, str(step.runs), str(step.status_code or ""),
+                      str(step.seconds if step.seconds is not None else ""), json.dumps(detail) if detail else "")
     console.print(table)
-    if record.get("outputs"):
-        console.print(f"  outputs {json.dumps(record['outputs'])}")
-    if record.get("error"):
-        error = record["error"]
-        console.print(f"  [red]error at {error['step']}: {error['code']}: {error['message']}[/red]")
+    if record.outputs:
+        console.print(f"  outputs {json.dumps(record.outputs)}")
+    if record.error:
+        error = record.error
+        console.print(f"  [red]error at {error.step}: {error.code}: {error.message}[/red]")
 
 
 def follow(job_id: str, out: Console | None = None) -> int:
@@ -171,10 +173,10 @@ def follow(job_id: str, out: Console | None = None) -> int:
             last = entry_id
             out.print(f"  {time.strftime('%H:%M:%S')} {_describe(event)}")
         record = store.require(job_id)
-        if record["state"] in ("succeeded", "failed", "needs_review"):
-            outputs = json.dumps(record.get("outputs") or {})
-            out.print(f"  => [{STATE_STYLE[record['state']]}]{record['state']}[/] {outputs}")
-            return STATE_EXIT[record["state"]]
+        if record.terminal:
+            outputs = json.dumps(record.outputs)
+            out.print(f"  => [{STATE_STYLE[record.state]}]{record.state.value}[/] {outputs}")
+            return STATE_EXIT[record.state]
 
 
 def _describe(event: dict[str, str]) -> str:

@@ -1,11 +1,11 @@
-"""The job store: the only module that knows Redis key names.
+"""The Redis job store: the only module that knows the job keys.
 
 Keys (all under the prefix `bpxw:`):
 
 | key                          | type       | holds                                                    |
 |------------------------------|------------|----------------------------------------------------------|
-| `bpxw:job:<id>`              | string     | the job record, JSON (the source of truth for every step)|
-| `bpxw:job:<id>:events`       | stream     | one entry per change, for `watch`                        |
+| `bpxw:job:<id>`              | string     | the job record, JSON (`JobRecord`; the source of truth)  |
+| `bpxw:job:<id>:events`       | stream     | one entry per change, with its time, for `watch`         |
 | `bpxw:job:<id>:lease`        | string, PX | holder id of the run now working on the job              |
 | `bpxw:job:<id>:fence`        | counter    | fencing token: bumped at every lease grant               |
 | `bpxw:job:<id>:sealed2fa`    | string     | the two-factor token sealed to the worker's key; deleted |
@@ -26,19 +26,17 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from bpx_worker.errors import JobError, LeaseLost
+from bpx_worker.errors import JobNotFound, LeaseLost
+from bpx_worker.jobs.base import Change, Lease
+from bpx_worker.jobs.record import JobRecord
 
 PREFIX = "bpxw:"
-TERMINAL = frozenset({"succeeded", "failed", "needs_review"})
-STATES = ("queued", "running", *sorted(TERMINAL))
 
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -80,14 +78,7 @@ JOBS_INDEX = f"{PREFIX}jobs"
 ACTIVE_INDEX = f"{PREFIX}active"
 
 
-@dataclass(frozen=True)
-class Lease:
-    job_id: str
-    holder: str
-    token: int
-
-
-class JobStore:
+class RedisJobStore:
     def __init__(self, client: redis.Redis, retention: int = 7 * 24 * 3600):
         self.redis = client
         self.retention = retention
@@ -95,7 +86,7 @@ class JobStore:
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0) -> "JobStore":
+    def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0) -> RedisJobStore:
         client = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
             health_check_interval=15,
@@ -107,47 +98,48 @@ class JobStore:
 
     # --- creation ---------------------------------------------------------------------------
 
-    def create(self, idempotency_key: str, record: dict[str, Any], sealed_2fa: bytes | None = None) -> tuple[str, bool]:
+    def create(self, idempotency_key: str, client_id: str, inputs: dict[str, Any],
+               sealed_2fa: bytes | None = None, batch_id: str | None = None) -> tuple[str, bool]:
         """Create the job for `idempotency_key` once. Returns (job_id, created)."""
         job_id = uuid.uuid4().hex
         if not self.redis.set(idem_key(idempotency_key), job_id, nx=True):
             existing = self.redis.get(idem_key(idempotency_key))
             if existing is None:  # expired between the two calls: try again
-                return self.create(idempotency_key, record, sealed_2fa)
-            return existing, False
+                return self.create(idempotency_key, client_id, inputs, sealed_2fa, batch_id)
+            return str(existing), False
         now = time.time()
-        record = {**record, "job_id": job_id, "idempotency_key": idempotency_key, "state": "queued",
-                  "created_at": now, "updated_at": now}
+        record = JobRecord(job_id=job_id, idempotency_key=idempotency_key, client_id=client_id, inputs=inputs,
+                           batch_id=batch_id, created_at=now, updated_at=now)
         with self.redis.pipeline() as pipe:
-            pipe.set(job_key(job_id), json.dumps(record))
+            pipe.set(job_key(job_id), record.to_json())
             pipe.zadd(JOBS_INDEX, {job_id: now})
             pipe.zadd(ACTIVE_INDEX, {job_id: now})
             if sealed_2fa is not None:
                 pipe.set(sealed_2fa_key(job_id), sealed_2fa.hex())
-            pipe.xadd(events_key(job_id), {"event": "queued", "state": "queued"}, maxlen=1000)
+            pipe.xadd(events_key(job_id), _flat({"event": "queued", "state": "queued", "at": now}), maxlen=1000)
             pipe.execute()
         return job_id, True
 
     # --- reading ----------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.get(job_key(job_id))
-        return json.loads(raw) if raw else None
+        return JobRecord.from_json(raw) if raw else None
 
-    def require(self, job_id: str) -> dict[str, Any]:
+    def require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
         if record is None:
-            raise JobError(f"no job {job_id}")
+            raise JobNotFound(f"no job {job_id}")
         return record
 
-    def stalled(self, quiet_for: float) -> list[dict[str, Any]]:
+    def stalled(self, quiet_for: float) -> list[JobRecord]:
         """Unfinished jobs with no change for `quiet_for` seconds; forgets index entries past retention."""
         now = time.time()
         self.redis.zremrangebyscore(JOBS_INDEX, 0, now - self.retention)
         records = (self.get(job_id) for job_id in self.redis.zrangebyscore(ACTIVE_INDEX, 0, now - quiet_for))
-        return [r for r in records if r and r["state"] not in TERMINAL]
+        return [r for r in records if r is not None and not r.terminal]
 
-    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict]]:
+    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
         """Events after stream id `after`; with `block_ms`, wait that long for the next ones."""
         answer = self.redis.xread({events_key(job_id): after}, block=block_ms)
         return [(entry_id, fields) for _, entries in answer for entry_id, fields in entries]
@@ -159,13 +151,12 @@ class JobStore:
     # --- leases -----------------------------------------------------------------------------
 
     def acquire(self, job_id: str, ttl: float) -> Lease | None:
-        """A lease on the job, with a fencing token newer than any before; None when held."""
         holder = secrets.token_hex(8)
         token = int(self._acquire(keys=[lease_key(job_id), fence_key(job_id)], args=[holder, int(ttl * 1000)]))
         return Lease(job_id, holder, token) if token else None
 
     def lease_ttl(self, job_id: str) -> float:
-        ms = self.redis.pttl(lease_key(job_id))
+        ms = int(self.redis.pttl(lease_key(job_id)))
         return max(ms, 0) / 1000
 
     def release(self, lease: Lease) -> None:
@@ -173,9 +164,7 @@ class JobStore:
 
     # --- fenced updates ---------------------------------------------------------------------
 
-    def update(
-        self, lease: Lease, change: Callable[[dict[str, Any]], None], event: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def update(self, lease: Lease, change: Change, event: dict[str, Any] | None = None) -> JobRecord:
         """Apply `change` to the record while `lease` still holds the newest fencing token."""
         key = job_key(lease.job_id)
         with self.redis.pipeline() as pipe:
@@ -186,19 +175,19 @@ class JobStore:
                         raise LeaseLost(f"job {lease.job_id}: a newer run holds the job")
                     raw = pipe.get(key)
                     if raw is None:
-                        raise JobError(f"no job {lease.job_id}")
-                    record = json.loads(raw)
+                        raise JobNotFound(f"no job {lease.job_id}")
+                    record = JobRecord.from_json(raw)
                     change(record)
-                    record["updated_at"] = time.time()
+                    record.updated_at = time.time()
                     pipe.multi()
-                    pipe.set(key, json.dumps(record))
+                    pipe.set(key, record.to_json())
                     if event:
-                        pipe.xadd(events_key(lease.job_id), _flat(event), maxlen=1000)
-                    if record["state"] in TERMINAL:
+                        pipe.xadd(events_key(lease.job_id), _flat({**event, "at": record.updated_at}), maxlen=1000)
+                    if record.terminal:
                         pipe.zrem(ACTIVE_INDEX, lease.job_id)
                         self._expire(pipe, record)
                     else:
-                        pipe.zadd(ACTIVE_INDEX, {lease.job_id: record["updated_at"]})
+                        pipe.zadd(ACTIVE_INDEX, {lease.job_id: record.updated_at})
                     pipe.execute()
                     return record
                 except redis.WatchError:
@@ -207,9 +196,9 @@ class JobStore:
     def drop_sealed_2fa(self, job_id: str) -> None:
         self.redis.delete(sealed_2fa_key(job_id))
 
-    def _expire(self, pipe, record: dict[str, Any]) -> None:
-        job_id = record["job_id"]
-        for key in (job_key(job_id), events_key(job_id), fence_key(job_id), idem_key(record["idempotency_key"])):
+    def _expire(self, pipe: Any, record: JobRecord) -> None:
+        job_id = record.job_id
+        for key in (job_key(job_id), events_key(job_id), fence_key(job_id), idem_key(record.idempotency_key)):
             pipe.expire(key, self.retention)
         pipe.delete(sealed_2fa_key(job_id))
 

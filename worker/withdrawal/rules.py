@@ -1,19 +1,27 @@
-"""Rules of the withdrawal itself, beyond what the Arazzo document says. All pure."""
+"""Rules of the withdrawal itself, beyond what the Arazzo document says. All pure.
+
+`workflow_rules` is the small table the engine applies by operationId: the
+balance rule after `get_balances`, this worker's own limits before
+`request_withdrawal` is sent, which `get_withdrawals` statuses are settled, and
+how a withdrawal whose answer was lost is found again (by clientId).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 
-# Steps of the workflow that the rules below attach to.
-BALANCE_STEP = "getBalances"
-REQUEST_STEP = "requestWithdrawal"
-RECONCILE_STEP = "reconcileWithdrawal"
+from bpx_worker.engine.rules import Check, Lookup, Refusal, Rules, Settlement
+from bpx_worker.jobs.record import ErrorCode
 
 CONFIRMED = "confirmed"
 IN_PROGRESS = frozenset({"pending"})
+
+BALANCES_OPERATION = "get_balances"
+WITHDRAW_OPERATION = "request_withdrawal"
+HISTORY_OPERATION = "get_withdrawals"
 
 
 def available(balances: Any, symbol: str) -> Decimal:
@@ -37,20 +45,52 @@ def shortfall(balances: Any, symbol: str, quantity: Decimal) -> str | None:
     return None
 
 
+def _balance_covers_quantity(outputs: Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> Refusal | None:
+    problem = shortfall((outputs or {}).get("balances"), inputs["symbol"], Decimal(inputs["quantity"]))
+    if problem:
+        return Refusal(ErrorCode.INSUFFICIENT_FUNDS, problem + " (checked before sending)")
+    return None
+
+
+def within_limits(max_quantity: Mapping[str, Decimal], allowed_destinations: frozenset[str] | None) -> Check:
+    """A check of a job's inputs against this worker's own limits, applied right before the request is sent.
+
+    The submitting process checks the same limits, but it may run with other
+    settings: limits are enforced where the money moves.
+    """
+
+    def check(_: Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> Refusal | None:
+        symbol, quantity = inputs["symbol"], Decimal(inputs["quantity"])
+        cap = max_quantity.get(symbol)
+        if cap is not None and quantity > cap:
+            return Refusal(ErrorCode.LIMIT_EXCEEDED,
+                           f"{quantity} {symbol} exceeds this worker's per-job limit of {format(cap, 'f')} {symbol}")
+        if allowed_destinations is not None:
+            address = inputs["address"]
+            if f"{inputs['blockchain']}:{address}" not in allowed_destinations and address not in allowed_destinations:
+                return Refusal(ErrorCode.DESTINATION_NOT_ALLOWED,
+                               f"{inputs['blockchain']} address {address} is not on this worker's allow-list")
+        return None
+
+    return check
+
+
+def workflow_rules(max_quantity: Mapping[str, Decimal] | None = None,
+                   allowed_destinations: frozenset[str] | None = None) -> Rules:
+    """The withdrawal's rules for the engine, with this worker's limits."""
+    return Rules(
+        after={BALANCES_OPERATION: _balance_covers_quantity},
+        before_send={WITHDRAW_OPERATION: within_limits(max_quantity or {}, allowed_destinations)},
+        settlement={HISTORY_OPERATION: Settlement("reconciledStatus", frozenset({CONFIRMED}), IN_PROGRESS)},
+        lookup={WITHDRAW_OPERATION: Lookup(
+            HISTORY_OPERATION, key="clientId",
+            fields={"symbol": "symbol", "blockchain": "blockchain", "quantity": "quantity", "address": "toAddress"},
+        )},
+    )
+
+
 def client_id(idempotency_key: str) -> str:
     """The withdrawal's clientId: URL-safe, stable for the key, at most 64 characters."""
     if all(c.isascii() and (c.isalnum() or c in "-_") for c in idempotency_key) and len(idempotency_key) <= 60:
         return f"wd-{idempotency_key}"
     return "wd-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
-
-
-Settlement = Literal["confirmed", "in_progress", "needs_review"]
-
-
-def settlement(status: Any) -> Settlement:
-    """What a withdrawal status means for the job. Unknown statuses need a human, never a crash."""
-    if isinstance(status, str) and status == CONFIRMED:
-        return "confirmed"
-    if isinstance(status, str) and status in IN_PROGRESS:
-        return "in_progress"
-    return "needs_review"

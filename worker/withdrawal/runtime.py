@@ -1,0 +1,53 @@
+"""The withdrawal workflow wired for running: the engine built from settings, and the in-process run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bpx_worker.arazzo.workflow import Workflow, seed_workflow, withdrawal_workflow
+from bpx_worker.config.settings import Settings
+from bpx_worker.engine.backoff import Backoff
+from bpx_worker.engine.engine import Exchange, StepEngine, Timing
+from bpx_worker.engine.inprocess import run_inprocess
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.exchange.signer import Signer
+from bpx_worker.jobs.base import JobStore
+from bpx_worker.jobs.record import JobRecord
+from bpx_worker.withdrawal.rules import client_id, workflow_rules
+
+
+def timing(settings: Settings) -> Timing:
+    return Timing(
+        retry=Backoff(settings.retry_initial_delay, settings.retry_backoff_factor, settings.retry_max_delay,
+                      settings.retry_max_attempts, settings.retry_jitter),
+        poll=Backoff(settings.reconcile_initial_delay, settings.reconcile_backoff_factor,
+                     settings.reconcile_max_delay),
+        poll_deadline=settings.reconcile_deadline,
+        lookup_deadline=settings.lookup_deadline,
+        lease_ttl=settings.lease_ttl,
+    )
+
+
+def build_engine(settings: Settings, store: JobStore, client: Exchange, signer: Signer | None,
+                 workflow: Workflow | None = None) -> StepEngine:
+    """The engine for the withdrawal workflow with this worker's limits and clocks."""
+    return StepEngine(
+        store, client, workflow or withdrawal_workflow(),
+        workflow_rules(settings.max_quantity, settings.allowed_destinations), timing(settings),
+        open_sealed=signer.open_sealed if signer is not None else None,
+    )
+
+
+def run_withdrawal_inprocess(settings: Settings, inputs: Mapping[str, Any], idempotency_key: str, *,
+                             seed_only: bool = False, sealed_2fa: bytes | None = None) -> JobRecord:
+    """Run the withdrawal workflow in this process with the configured keys and exchange."""
+    signer = Signer.from_secret(settings.api_key(), settings.api_secret())
+    client = BackpackClient.from_settings(settings, signer)
+    workflow = seed_workflow() if seed_only else withdrawal_workflow()
+    cid = client_id(idempotency_key)
+    try:
+        return run_inprocess(lambda store: build_engine(settings, store, client, signer, workflow),
+                             idempotency_key, cid, {**inputs, "clientId": cid}, sealed_2fa)
+    finally:
+        client.close()
