@@ -226,7 +226,9 @@ class StepEngine:
                                  f"status {status!r} needs a human", state=JobState.NEEDS_REVIEW)
         if is_polled(step):
             self._count_poll(lease, step, judged.outputs.get(settlement.output) if settlement else None, "settled")
-        return self._done(lease, record, step, judged.status_code, judged.outputs)
+        keep = self.rules.keep.get(operation)
+        outputs = keep(judged.outputs, record.inputs) if keep else judged.outputs
+        return self._done(lease, record, step, judged.status_code, outputs)
 
     def _poll(self, lease: Lease, record: JobRecord, step: Step, status: str | None, note: str) -> Next:
         polls = self._count_poll(lease, step, status, note)

@@ -4,7 +4,8 @@ The engine attaches its own policies by what the document says (a non-idempotent
 method is sent at most once; a step with a `retry` failure action is polled).
 These rules add what only the business knows: a check on a step's outputs
 before the job goes on, a check before a request that moves money is sent,
-which statuses are settled, and how to find a request whose answer was lost.
+which statuses are settled, how to find a request whose answer was lost, and
+what of a step's outputs the job record keeps (not a whole balance sheet).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Refusal:
 
 # (outputs of the step, or None before sending; the job's inputs) -> a refusal, or None to go on
 Check = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], Refusal | None]
+# (outputs of the step, the job's inputs) -> what of them the job record keeps
+Keep = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 
 class Verdict(StrEnum):
@@ -71,3 +74,4 @@ class Rules:
     before_send: Mapping[str, Check] = field(default_factory=dict)  # by operationId, on the job's inputs
     settlement: Mapping[str, Settlement] = field(default_factory=dict)
     lookup: Mapping[str, Lookup] = field(default_factory=dict)
+    keep: Mapping[str, Keep] = field(default_factory=dict)  # by operationId: outputs recorded, once checked

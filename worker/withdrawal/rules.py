@@ -3,7 +3,8 @@
 `workflow_rules` is the small table the engine applies by operationId: the
 balance rule after `get_balances`, this worker's own limits before
 `request_withdrawal` is sent, which `get_withdrawals` statuses are settled, and
-how a withdrawal whose answer was lost is found again (by clientId).
+how a withdrawal whose answer was lost is found again (by clientId), and that
+a job record keeps only the checked symbol's balance.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def _balance_covers_quantity(outputs: Mapping[str, Any] | None, inputs: Mapping[
     return None
 
 
+def _checked_balance_only(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The record keeps the checked symbol's available balance, not the account's whole balance sheet."""
+    symbol = inputs["symbol"]
+    return {**outputs, "balances": {symbol: {"available": str(available(outputs.get("balances"), symbol))}}}
+
+
 def within_limits(max_quantity: Mapping[str, Decimal], allowed_destinations: frozenset[str] | None) -> Check:
     """A check of a job's inputs against this worker's own limits, applied right before the request is sent.
 
@@ -81,6 +88,7 @@ def workflow_rules(max_quantity: Mapping[str, Decimal] | None = None,
     return Rules(
         after={BALANCES_OPERATION: _balance_covers_quantity},
         before_send={WITHDRAW_OPERATION: within_limits(max_quantity or {}, allowed_destinations)},
+        keep={BALANCES_OPERATION: _checked_balance_only},
         settlement={HISTORY_OPERATION: Settlement("reconciledStatus", frozenset({CONFIRMED}), IN_PROGRESS)},
         lookup={WITHDRAW_OPERATION: Lookup(
             HISTORY_OPERATION, key="clientId",
