@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-
-from bpx_worker.arazzo.criteria import all_pass, check, evaluate_condition, failing
-from bpx_worker.errors import CriteriaError, ExpressionError, WorkflowError
+from bpx_worker.arazzo import criteria as criteria_module
+from bpx_worker.arazzo import expressions as expressions_module
+from bpx_worker.arazzo.criteria import (
+    all_pass,
+    check,
+    compile_condition,
+    compile_criterion,
+    evaluate_condition,
+    failing,
+)
 from bpx_worker.arazzo.expressions import Context
+from bpx_worker.errors import CriteriaError, ExpressionError, WorkflowError
 
 WORKFLOW = (
     Path(__file__).resolve().parents[2]
@@ -472,3 +481,42 @@ def test_empty_criteria_pass():
 def test_failing_raises_on_a_malformed_criterion():
     with pytest.raises(CriteriaError):
         failing([{"condition": "$statusCode == 500"}, {"condition": "(("}], CTX)
+
+
+# --------------------------------------------------------------------------- compiled once
+
+
+def test_compiled_criteria_evaluate_without_parsing_again(monkeypatch):
+    simple = compile_criterion({"condition": "$statusCode == 200 && $response.body#/0/status == 'confirmed'"})
+    regex = compile_criterion({"context": "$response.body#/0/status", "condition": "^Conf", "type": "regex"})
+
+    def parsed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("parsed at evaluation")
+
+    monkeypatch.setattr(expressions_module, "compile_expression", parsed)
+    monkeypatch.setattr(criteria_module, "_tokenize", parsed)
+    assert simple.passes(CTX) is True
+    assert regex.passes(CTX) is True
+    assert failing([simple, regex], CTX.with_response(500, [], {})) == [simple.condition, regex.condition]
+
+
+def test_compiled_criterion_lists_the_expressions_it_reads():
+    criterion = compile_condition("$statusCode == 200 && $steps.requestWithdrawal.outputs.withdrawalId[0] > 1")
+    assert [e.text for e in criterion.expressions] == ["$statusCode", "$steps.requestWithdrawal.outputs.withdrawalId"]
+    assert criterion.kind == "simple"
+
+
+def test_an_unsupported_expression_is_refused_when_compiled_not_when_run():
+    with pytest.raises(CriteriaError, match="not supported by this runtime"):
+        compile_condition("1 == 1 || $request.header.accept == 'x'")
+
+
+def test_context_on_a_simple_criterion_is_refused():
+    with pytest.raises(CriteriaError, match="'context' is only used by regex criteria"):
+        compile_criterion({"condition": "$statusCode == 200", "context": "$response.body"})
+
+
+def test_unknown_criterion_field_is_refused():
+    with pytest.raises(CriteriaError, match=re.escape("unknown field(s) condtion")):
+        compile_criterion({"condition": "$statusCode == 200", "condtion": "x"})
+    assert compile_criterion({"condition": "$statusCode == 200", "x-note": "kept out"}).passes(CTX)

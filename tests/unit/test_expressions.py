@@ -7,11 +7,12 @@ import pickle
 from decimal import Decimal
 
 import pytest
-
-from bpx_worker.errors import ExpressionError, WorkflowError
+from bpx_worker.arazzo import expressions as expressions_module
 from bpx_worker.arazzo.expressions import (
     MISSING,
     Context,
+    compile_expression,
+    compile_value,
     evaluate,
     is_expression,
     json_pointer,
@@ -19,6 +20,7 @@ from bpx_worker.arazzo.expressions import (
     stringify,
     validate,
 )
+from bpx_worker.errors import ExpressionError, WorkflowError
 
 BODY = {
     "id": "wd-1",
@@ -317,6 +319,31 @@ def test_evaluate_malformed_expression(expression, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        ("$statusCode", ("statusCode", None, None, None, None)),
+        ("$inputs.order#/side", ("inputs", None, None, "order", "/side")),
+        ("$steps.a-b.outputs.x.y", ("steps", None, "a-b", "x.y", None)),
+        ("$response.header.X-Id", ("response", "header", None, "X-Id", None)),
+        ("$response.body#/0/id", ("response", "body", None, None, "/0/id")),
+        ("$request.query.symbol", ("request", "query", None, "symbol", None)),
+        ("$workflows.w.outputs.o", ("workflows", "outputs", "w", "o", None)),
+        ("$components.parameters.page", ("components", "parameters", None, "page", None)),
+    ],
+)
+def test_compile_expression_names_its_parts(text, fields):
+    expression = compile_expression(text)
+    assert (expression.source, expression.part, expression.id, expression.name, expression.pointer) == fields
+    assert expression.text == text
+
+
+def test_compiled_expression_says_why_it_is_unsupported():
+    assert compile_expression("$inputs.a").unsupported is None
+    assert compile_expression("$response.query.a").unsupported == "a response has no query or path parameters"
+    assert compile_expression("$components.parameters.p").unsupported == "components are not supported"
+
+
 def test_validate_raises_the_same_message():
     with pytest.raises(ExpressionError, match=r"'\$steps\.x': expected"):
         validate("$steps.x")
@@ -393,11 +420,7 @@ def test_stringify(value, text):
         ("{$inputs.quote}", 'say "hi"'),  # strings go in as-is
         ('{"symbol": "{$inputs.symbol}", "n": {$inputs.window}}', '{"symbol": "USDC", "n": 5000}'),
         ("{abc} and {$inputs.symbol}", "{abc} and USDC"),  # non-expressions in braces stay
-        ("{$not an expression}", "{$not an expression}"),
-        ("{$inputs.}", "{$inputs.}"),
-        ("$not an expression", "$not an expression"),
-        ("$.store.book[0]", "$.store.book[0]"),
-        ("$100", "$100"),
+        ("costs 100$", "costs 100$"),  # a '$' that does not start the string is text
         ("plain text", "plain text"),
         ("", ""),
         (42, 42),
@@ -436,13 +459,51 @@ def test_resolve_nested_structures():
     value = {
         "outer": {"id": "$steps.requestWithdrawal.outputs.withdrawalId", "gone": "$outputs.absent"},
         "list": ["$inputs.symbol", "$inputs.absent", 3, {"x": "$inputs.flag"}],
-        "literal": "$literal that is not an expression",
     }
     assert resolve(value, CTX) == {
         "outer": {"id": 4242},
         "list": ["USDC", None, 3, {"x": False}],
-        "literal": "$literal that is not an expression",
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("$not an expression", "payload: invalid runtime expression '$not an expression'"),
+        ("$.store.book[0]", "a string that starts with '$' must be a runtime expression"),  # Respect #2798
+        ("$100", "invalid runtime expression '$100': unknown source '$'"),
+        ("$steps.x.y", "payload: invalid runtime expression '$steps.x.y'"),
+        (" $inputs.symbol", "has spaces around a runtime expression"),
+        ("{$not an expression}", "embedded in '{$not an expression}'"),
+        ("id={$inputs.}", "invalid runtime expression '$inputs.'"),
+        ("id={$inputs.symbol", "has a '{$' that does not close with '}'"),
+        ({"a": {"b": ["ok", "$nope"]}}, "payload.a.b[1]: invalid runtime expression '$nope'"),
+        ({"body": "$request.body"}, "payload.body: runtime expression '$request.body' is not supported"),
+        ("x={$components.parameters.page}", "is not supported by this runtime: components are not supported"),
+    ],
+)
+def test_compile_value_refuses_a_dollar_string_that_is_not_an_expression(value, fragment):
+    with pytest.raises(ExpressionError) as err:
+        compile_value(value, "payload")
+    assert fragment in str(err.value)
+
+
+def test_compiled_value_lists_its_expressions_with_their_paths():
+    value = compile_value({"a": "$inputs.symbol", "b": ["x", "n={$inputs.window}"], "c": 1})
+    assert [(path, expression.text) for path, expression in value.expressions()] == [
+        (".a", "$inputs.symbol"),
+        (".b[1]", "$inputs.window"),
+    ]
+
+
+def test_compiled_value_evaluates_without_parsing_again(monkeypatch):
+    value = compile_value({"symbol": "$inputs.symbol", "note": "n={$inputs.window}", "list": ["$statusCode"]})
+    monkeypatch.setattr(expressions_module, "compile_expression", _refuse)
+    assert value.evaluate(CTX) == {"symbol": "USDC", "note": "n=5000", "list": [200]}
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("parsed at evaluation")
 
 
 def test_resolve_does_not_modify_its_input():

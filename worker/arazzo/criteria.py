@@ -1,7 +1,11 @@
 """Arazzo 1.0.1 Criterion objects: the "simple" condition language and regex criteria.
 
-A simple condition is tokenized, parsed by recursive descent into a small tree,
-and then evaluated; nothing is ever passed to eval. Grammar, loosest first::
+`compile_criterion` parses a Criterion object once, when the workflow is loaded,
+into a `Criterion` whose `passes(ctx)` never parses text again. A simple
+condition is tokenized and parsed by recursive descent into a tree of closures
+holding compiled runtime expressions; nothing is ever passed to eval. A regex
+criterion's pattern and context expression are compiled the same way. jsonpath
+and xpath criteria are refused when compiled. Grammar, loosest first::
 
     condition  = or
     or         = and *( "||" and )
@@ -27,15 +31,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from bpx_worker.arazzo import expressions
+from bpx_worker.arazzo.expressions import MISSING, Context, Expression
 from bpx_worker.errors import CriteriaError, ExpressionError
-from bpx_worker.arazzo.expressions import MISSING, Context
 
-__all__ = ["all_pass", "check", "evaluate_condition", "failing"]
+__all__ = ["Criterion", "all_pass", "check", "compile_condition", "compile_criterion", "evaluate_condition", "failing"]
 
 
 # --------------------------------------------------------------------------- tokens
@@ -62,7 +66,7 @@ _EXPRESSION_RUN = re.compile(r"\$[^\s()!=<>&|]*")
 class _Syntax(Exception):
     """A syntax error at one offset; turned into CriteriaError with the condition quoted."""
 
-    def __init__(self, reason: str, position: int):
+    def __init__(self, reason: str, position: int) -> None:
         super().__init__(reason)
         self.reason = reason
         self.position = position
@@ -112,7 +116,8 @@ def _next_token(text: str, pos: int) -> _Token:
     if number:
         end = number.end()
         if end < len(text) and _NUMBER_END.match(text, end):
-            raise _Syntax(f"malformed number {_NUMBER_RUN.match(text, pos)[0]!r}", pos)
+            run = _NUMBER_RUN.match(text, pos)
+            raise _Syntax(f"malformed number {run[0] if run else number[0]!r}", pos)
         return _Token("number", number[0], pos, Decimal(number[0]))
     word = _WORD.match(text, pos)
     if word:
@@ -149,17 +154,29 @@ def _expression(text: str, start: int) -> _Token:
     taken, and what follows is tokenized as postfix accessors (so
     `$response.body.items[0]` reads the body, then `.items`, then `[0]`).
     """
-    run = _EXPRESSION_RUN.match(text, start)[0]
+    found = _EXPRESSION_RUN.match(text, start)
+    run = found[0] if found else "$"
     if "#" not in run:
         cuts = [i for i, ch in enumerate(run) if ch in "[."] + [len(run)]
         for cut in sorted(cuts, reverse=True):
-            if expressions.is_expression(run[:cut]):
-                return _Token("expr", run[:cut], start)
+            try:
+                expression = expressions.compile_expression(run[:cut])
+            except ExpressionError:
+                continue
+            return _Token("expr", run[:cut], start, _supported(expression, start))
     try:
-        expressions.validate(run)
+        expression = expressions.compile_expression(run)
     except ExpressionError as exc:
         raise _Syntax(str(exc), start) from exc
-    return _Token("expr", run, start)
+    return _Token("expr", run, start, _supported(expression, start))
+
+
+def _supported(expression: Expression, position: int) -> Expression:
+    try:
+        expression.check_supported()
+    except ExpressionError as exc:
+        raise _Syntax(str(exc), position) from exc
+    return expression
 
 
 # --------------------------------------------------------------------------- tree
@@ -171,9 +188,10 @@ _Node = Callable[[Context], Any]
 class _Parser:
     """Recursive-descent parser producing a tree of closures."""
 
-    def __init__(self, tokens: list[_Token]):
+    def __init__(self, tokens: list[_Token]) -> None:
         self.tokens = tokens
         self.index = 0
+        self.expressions: list[Expression] = []
 
     @property
     def current(self) -> _Token:
@@ -239,7 +257,8 @@ class _Parser:
             return _constant(token.value)
         if token.kind == "expr":
             self.advance()
-            return _runtime(token.text)
+            self.expressions.append(token.value)
+            return _runtime(token.value)
         if token.kind == "(":
             self.advance()
             node = self.parse_or()
@@ -270,10 +289,10 @@ def _constant(value: Any) -> _Node:
     return lambda ctx: value
 
 
-def _runtime(expression: str) -> _Node:
+def _runtime(expression: Expression) -> _Node:
     def run(ctx: Context) -> Any:
         try:
-            return expressions.evaluate(expression, ctx)
+            return expression.evaluate(ctx)
         except ExpressionError as exc:
             raise _Failure(str(exc)) from exc
 
@@ -338,7 +357,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
 
 
-def _as_decimal(value: int | float | Decimal | str) -> Decimal:
+def _as_decimal(value: float | Decimal | str) -> Decimal:
     # Through str() so 0.1 becomes Decimal("0.1"), and 200 == 200.0.
     return Decimal(str(value).strip())
 
@@ -397,45 +416,80 @@ _APPLY: dict[str, Callable[[Any, Any], bool]] = {
 # --------------------------------------------------------------------------- public API
 
 
-def _parse_condition(condition: Any) -> _Node:
+@dataclass(frozen=True)
+class Criterion:
+    """A compiled Criterion object. `passes` evaluates it without parsing anything again.
+
+    `condition` and `kind` ("simple" or "regex") are as written in the document;
+    `expressions` lists the runtime expressions it reads (for load-time checks).
+    """
+
+    condition: str
+    kind: str
+    expressions: tuple[Expression, ...]
+    _test: Callable[[Context], bool] = field(repr=False, compare=False)
+
+    def passes(self, ctx: Context) -> bool:
+        """True when the criterion holds for `ctx`; raises CriteriaError when it cannot be judged."""
+        return self._test(ctx)
+
+
+def _parse_condition(condition: Any) -> tuple[_Node, tuple[Expression, ...]]:
     if not isinstance(condition, str):
         raise CriteriaError(f"condition must be a string, got {type(condition).__name__}")
     if not condition.strip():
         raise CriteriaError("condition is empty")
     try:
-        return _Parser(_tokenize(condition)).parse()
+        parser = _Parser(_tokenize(condition))
+        return parser.parse(), tuple(parser.expressions)
     except _Syntax as exc:
         raise CriteriaError(
             f"invalid condition {condition!r} at position {exc.position}: {exc.reason}"
         ) from exc.__cause__
 
 
-def evaluate_condition(condition: str, ctx: Context) -> bool:
-    """Evaluate one Arazzo "simple" condition, such as `$statusCode == 200`.
+def compile_condition(condition: str) -> Criterion:
+    """Compile one Arazzo "simple" condition, such as `$statusCode == 200`.
 
-    A condition that yields null or an absent value fails (returns False).
-    Raises CriteriaError, quoting the condition and the position (0-based
-    offset) at fault, when the condition is malformed, including a malformed
-    runtime expression inside it; and, quoting the condition, when it yields
-    another non-boolean or uses an expression this runtime does not support.
+    Raises CriteriaError, quoting the condition and the position (0-based offset)
+    at fault, when it is malformed, including a malformed runtime expression
+    inside it or one this runtime does not support.
     """
-    tree = _parse_condition(condition)
-    try:
-        return _truth(tree(ctx), "the condition")
-    except _Failure as exc:
-        raise CriteriaError(f"condition {condition!r}: {exc}") from exc.__cause__
+    tree, found = _parse_condition(condition)
+
+    def test(ctx: Context) -> bool:
+        try:
+            return _truth(tree(ctx), "the condition")
+        except _Failure as exc:
+            raise CriteriaError(f"condition {condition!r}: {exc}") from exc.__cause__
+
+    return Criterion(condition, "simple", found, test)
 
 
-def _criterion_type(criterion: Mapping[str, Any]) -> str:
+def evaluate_condition(condition: str, ctx: Context) -> bool:
+    """Compile and evaluate one "simple" condition (a convenience; see `compile_condition`).
+
+    A condition that yields null or an absent value fails (returns False); one
+    that yields another non-boolean raises CriteriaError quoting the condition.
+    """
+    return compile_condition(condition).passes(ctx)
+
+
+_FIELDS = frozenset({"condition", "context", "type"})
+
+
+def _criterion_type(criterion: Mapping[str, Any], condition: str) -> str:
     kind = criterion.get("type", "simple")
     if isinstance(kind, Mapping):  # Criterion Expression Type Object {type, version}
         kind = kind.get("type")
     if kind not in ("simple", "regex", "jsonpath", "xpath"):
         raise CriteriaError(f"unknown criterion type {kind!r} (expected simple, regex, jsonpath or xpath)")
-    return kind
+    if kind in ("jsonpath", "xpath"):
+        raise CriteriaError(f"{kind} criteria are not supported by this runtime (condition {condition!r})")
+    return str(kind)
 
 
-def _check_regex(criterion: Mapping[str, Any], condition: str, ctx: Context) -> bool:
+def _compile_regex(criterion: Mapping[str, Any], condition: str) -> Criterion:
     context = criterion.get("context")
     if not isinstance(context, str) or not context.strip():
         raise CriteriaError(f"regex criterion {condition!r} needs a 'context' runtime expression")
@@ -444,40 +498,66 @@ def _check_regex(criterion: Mapping[str, Any], condition: str, ctx: Context) -> 
     except re.error as exc:
         raise CriteriaError(f"regex criterion {condition!r} is not a valid regular expression: {exc}") from exc
     try:
-        value = expressions.evaluate(context, ctx)
-        if value is MISSING or value is None:
-            return False
-        text = expressions.stringify(value)
+        expression = expressions.compile_expression(context)
+        expression.check_supported()
     except ExpressionError as exc:
         raise CriteriaError(f"regex criterion {condition!r}: context: {exc}") from exc
-    return pattern.search(text) is not None
+
+    def test(ctx: Context) -> bool:
+        try:
+            value = expression.evaluate(ctx)
+            if value is MISSING or value is None:
+                return False
+            text = expressions.stringify(value)
+        except ExpressionError as exc:
+            raise CriteriaError(f"regex criterion {condition!r}: context: {exc}") from exc
+        return pattern.search(text) is not None
+
+    return Criterion(condition, "regex", (expression,), test)
 
 
-def check(criterion: Mapping[str, Any], ctx: Context) -> bool:
-    """True when one Criterion object passes.
+def compile_criterion(criterion: Criterion | Mapping[str, Any]) -> Criterion:
+    """Compile one Criterion object (a `Criterion` is returned as it is).
 
-    `type` absent or "simple" evaluates the condition language; "regex" searches
-    the `context` value (as text) for the `condition` pattern, failing when the
-    value is absent or null; "jsonpath" and "xpath" raise CriteriaError.
+    `type` absent or "simple" compiles the condition language; "regex" compiles
+    the `condition` pattern and the `context` expression (at evaluation the
+    pattern is searched for in the context value as text, failing when the value
+    is absent or null). Raises CriteriaError for a malformed criterion, a
+    jsonpath or xpath criterion (not supported), a `context` on a simple
+    criterion (it would be ignored) and a field the Criterion object does not have.
     """
+    if isinstance(criterion, Criterion):
+        return criterion
     if not isinstance(criterion, Mapping):
         raise CriteriaError(f"a criterion must be an object, got {type(criterion).__name__}")
     condition = criterion.get("condition")
     if not isinstance(condition, str) or not condition.strip():
         raise CriteriaError(f"criterion {dict(criterion)!r} has no condition")
-    kind = _criterion_type(criterion)
-    if kind == "simple":
-        return evaluate_condition(condition, ctx)
+    unknown = sorted(str(key) for key in criterion if key not in _FIELDS and not str(key).startswith("x-"))
+    if unknown:
+        raise CriteriaError(f"criterion {condition!r} has unknown field(s) {', '.join(unknown)}")
+    kind = _criterion_type(criterion, condition)
     if kind == "regex":
-        return _check_regex(criterion, condition, ctx)
-    raise CriteriaError(f"{kind} criteria are not supported by this runtime (condition {condition!r})")
+        return _compile_regex(criterion, condition)
+    if "context" in criterion:
+        raise CriteriaError(
+            f"criterion {condition!r}: 'context' is only used by regex criteria; a simple condition "
+            "names its values with runtime expressions"
+        )
+    return compile_condition(condition)
 
 
-def all_pass(criteria: Iterable[Mapping[str, Any]], ctx: Context) -> bool:
+def check(criterion: Criterion | Mapping[str, Any], ctx: Context) -> bool:
+    """True when one criterion passes (a Mapping is compiled first; see `compile_criterion`)."""
+    return compile_criterion(criterion).passes(ctx)
+
+
+def all_pass(criteria: Iterable[Criterion | Mapping[str, Any]], ctx: Context) -> bool:
     """True when every criterion passes; an empty list passes."""
     return all(check(criterion, ctx) for criterion in criteria)
 
 
-def failing(criteria: Iterable[Mapping[str, Any]], ctx: Context) -> list[str]:
+def failing(criteria: Iterable[Criterion | Mapping[str, Any]], ctx: Context) -> list[str]:
     """The conditions of the criteria that do not pass, in order (for error messages)."""
-    return [criterion["condition"] for criterion in criteria if not check(criterion, ctx)]
+    compiled = [compile_criterion(criterion) for criterion in criteria]
+    return [criterion.condition for criterion in compiled if not criterion.passes(ctx)]

@@ -1,9 +1,12 @@
-"""Arazzo 1.0.1 runtime expressions: parsing, evaluation and resolution.
+"""Arazzo 1.0.1 runtime expressions: compiled once, evaluated many times.
 
 A runtime expression names a value produced while a workflow runs, for example
 ``$statusCode``, ``$inputs.symbol``, ``$response.body#/0/id`` or
-``$steps.requestWithdrawal.outputs.withdrawalId``. This module is pure: it
-reads a `Context` and never performs I/O.
+``$steps.requestWithdrawal.outputs.withdrawalId``. `compile_expression` parses
+one into an `Expression`; `compile_value` turns a parameter value, payload or
+output definition into a `Value` tree. Both are done when the workflow is
+loaded; evaluating them against a `Context` never parses text again. This
+module is pure: it reads a `Context` and never performs I/O.
 
 Grammar (the spec's ABNF, with names made concrete so typos are caught)::
 
@@ -23,19 +26,24 @@ Grammar (the spec's ABNF, with names made concrete so typos are caught)::
 
 from __future__ import annotations
 
+import abc
 import copy
 import enum
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from bpx_worker.errors import ExpressionError
 
 __all__ = [
     "MISSING",
     "Context",
+    "Expression",
+    "Value",
+    "compile_expression",
+    "compile_value",
     "evaluate",
     "is_expression",
     "json_pointer",
@@ -103,7 +111,7 @@ _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
 _BAD_ESCAPE = re.compile(r"~(?![01])")
 
 
-def _pointer_tokens(pointer: str) -> list[str]:
+def _pointer_tokens(pointer: Any) -> list[str]:
     """Split and unescape an RFC 6901 pointer; ExpressionError when it is malformed."""
     if not isinstance(pointer, str):
         raise ExpressionError(f"invalid JSON pointer {pointer!r}: not a string")
@@ -128,8 +136,12 @@ def json_pointer(document: Any, pointer: str) -> Any:
     out of range, or a step into a scalar); raises ExpressionError when the pointer
     itself is malformed.
     """
+    return _walk(document, _pointer_tokens(pointer))
+
+
+def _walk(document: Any, tokens: Sequence[str]) -> Any:
     current = document
-    for token in _pointer_tokens(pointer):
+    for token in tokens:
         current = _step_into(current, token)
         if current is MISSING:
             return MISSING
@@ -156,18 +168,18 @@ _POINTER = r"(?:#(?P<pointer>.*))?"
 
 _SOURCE = re.compile(r"\$(?P<source>[A-Za-z]*)(?P<tail>.*)\Z", re.DOTALL)
 _MESSAGE_PART = re.compile(
-    rf"\.(?:header\.(?P<header>{_TOKEN})|query\.(?P<query>{_NAME})|path\.(?P<path>{_NAME})"
-    rf"|(?P<body>body){_POINTER})\Z",
+    rf"\.(?:(?P<part>header)\.(?P<name>{_TOKEN})|(?P<query>query)\.(?P<qname>{_NAME})"
+    rf"|(?P<path>path)\.(?P<pname>{_NAME})|(?P<body>body){_POINTER})\Z",
     re.DOTALL,
 )
 _NAMED = re.compile(rf"\.(?P<name>{_NAME}){_POINTER}\Z", re.DOTALL)
 _STEP = re.compile(rf"\.(?P<id>{_ID})\.outputs\.(?P<name>{_NAME}){_POINTER}\Z", re.DOTALL)
 _WORKFLOW = re.compile(
-    rf"\.(?P<id>{_ID})\.(?P<kind>inputs|outputs)\.(?P<name>{_NAME}){_POINTER}\Z", re.DOTALL
+    rf"\.(?P<id>{_ID})\.(?P<part>inputs|outputs)\.(?P<name>{_NAME}){_POINTER}\Z", re.DOTALL
 )
 _SOURCE_DESCRIPTION = re.compile(rf"\.(?P<id>{_ID})(?:\.(?P<name>{_NAME}))?\Z")
 _COMPONENT = re.compile(
-    rf"\.(?P<kind>inputs|parameters|successActions|failureActions)\.(?P<name>{_NAME})\Z"
+    rf"\.(?P<part>inputs|parameters|successActions|failureActions)\.(?P<name>{_NAME})\Z"
 )
 
 # What each source must look like, for error messages.
@@ -196,18 +208,90 @@ _PATTERNS = {
 _BARE = ("url", "method", "statusCode")
 _KNOWN = ", ".join(f"${name}" for name in (*_BARE, *_PATTERNS))
 
+# Sources the evaluator cannot read, and why; `Expression.unsupported` reports them.
+_UNSUPPORTED: Final = {
+    "request": "the request as sent is not recorded",
+    "workflows": "only a single workflow runs",
+    "sourceDescriptions": "source descriptions are resolved when the document is loaded",
+    "components": "components are not supported",
+}
+
 
 @dataclass(frozen=True)
-class _Reference:
-    """A parsed runtime expression."""
+class Expression:
+    """One parsed runtime expression. Evaluating it never parses text again.
 
+    `source` is the part after '$' ("statusCode", "inputs", "steps", "response", ...).
+    `part` narrows it: "header", "query", "path" or "body" for $request/$response,
+    "inputs"/"outputs" for $workflows, the component kind for $components.
+    `id` is the step, workflow or source description named; `name` the input,
+    output, header or parameter name. `pointer` is the JSON pointer after '#'.
+    """
+
+    text: str
     source: str
-    parts: dict[str, str | None]
-    pointer: str | None
+    part: str | None = None
+    id: str | None = None
+    name: str | None = None
+    pointer: str | None = None
+    _tokens: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def unsupported(self) -> str | None:
+        """Why this runtime cannot evaluate the expression, or None when it can."""
+        if self.source in _UNSUPPORTED:
+            return _UNSUPPORTED[self.source]
+        if self.source == "response" and self.part in ("query", "path"):
+            return "a response has no query or path parameters"
+        return None
+
+    def check_supported(self) -> None:
+        """Raise ExpressionError, naming the expression and the reason, if it cannot be evaluated."""
+        reason = self.unsupported
+        if reason is not None:
+            raise ExpressionError(f"runtime expression {self.text!r} is not supported by this runtime: {reason}")
+
+    def evaluate(self, ctx: Context) -> Any:
+        """The value named, keeping its type; MISSING when it does not exist.
+
+        Containers are returned as copies, so callers may modify them freely.
+        Raises ExpressionError for a source this runtime does not support.
+        """
+        value = self._read(ctx)
+        if self._tokens is not None:
+            value = _walk(value, self._tokens)
+        if isinstance(value, (dict, list)):
+            value = copy.deepcopy(value)
+        return value
+
+    def _read(self, ctx: Context) -> Any:
+        source = self.source
+        if source == "statusCode":
+            return MISSING if ctx.status_code is None else ctx.status_code
+        if source == "url":
+            return MISSING if ctx.url is None else ctx.url
+        if source == "method":
+            return MISSING if ctx.method is None else ctx.method
+        if source == "inputs":
+            return ctx.inputs.get(self.name or "", MISSING)
+        if source == "outputs":
+            return ctx.outputs.get(self.name or "", MISSING)
+        if source == "steps":
+            return ctx.steps.get(self.id or "", {}).get(self.name or "", MISSING)
+        if source == "response" and self.part == "body":
+            return ctx.response_body
+        if source == "response" and self.part == "header":
+            return _header(ctx.response_headers, self.name or "")
+        self.check_supported()
+        raise AssertionError(f"unhandled runtime expression {self.text!r}")  # pragma: no cover
 
 
-def _parse(text: Any) -> _Reference:
-    """Parse one whole runtime expression or raise ExpressionError saying what is wrong."""
+def compile_expression(text: Any) -> Expression:
+    """Parse one whole runtime expression, or raise ExpressionError saying what is wrong.
+
+    Parsing follows the grammar only: an expression this runtime cannot evaluate
+    (see `Expression.unsupported`) still parses.
+    """
     if not isinstance(text, str):
         raise ExpressionError(f"runtime expression must be a string, got {type(text).__name__}")
 
@@ -221,92 +305,47 @@ def _parse(text: Any) -> _Reference:
     if source in _BARE:
         if tail:
             raise fail(f"unexpected {tail!r} after '${source}'")
-        return _Reference(source, {}, None)
+        return Expression(text, source)
     pattern = _PATTERNS.get(source)
     if pattern is None:
         raise fail(f"unknown source '${source}' (expected one of {_KNOWN})")
     parts = pattern.match(tail)
     if not parts:
         raise fail(f"expected {_EXPECTED[source]}")
-    values = parts.groupdict()
-    pointer = values.pop("pointer", None)
+    groups = parts.groupdict()
+    pointer = groups.get("pointer")
+    tokens = None
     if pointer is not None:
         try:
-            _pointer_tokens(pointer)
+            tokens = tuple(_pointer_tokens(pointer))
         except ExpressionError as exc:
             raise fail(str(exc)) from None
-    return _Reference(source, values, pointer)
+    kind = groups.get("part") or groups.get("query") or groups.get("path") or groups.get("body")
+    name = groups.get("name") or groups.get("qname") or groups.get("pname")
+    return Expression(text, source, kind, groups.get("id"), name, pointer, tokens)
 
 
 def validate(expression: str) -> None:
     """Raise ExpressionError, with a message saying what is wrong, unless `expression` parses."""
-    _parse(expression)
+    compile_expression(expression)
 
 
 def is_expression(text: str) -> bool:
-    """True when the whole of `text` is a runtime expression under the Arazzo grammar.
-
-    A string that starts with '$' but does not parse is a literal, not an error
-    (Redocly's rule for Respect issue #2798).
-    """
+    """True when the whole of `text` is a runtime expression under the Arazzo grammar."""
     try:
-        _parse(text)
+        compile_expression(text)
     except ExpressionError:
         return False
     return True
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
 def evaluate(expression: str, ctx: Context) -> Any:
-    """Evaluate one whole runtime expression against `ctx`, keeping the value's type.
+    """Compile and evaluate one whole runtime expression (a convenience; see `Expression.evaluate`).
 
-    Returns MISSING when the referenced value does not exist. Raises
-    ExpressionError for a malformed expression, and for one this runtime does
-    not support ($request.*, $workflows.*, $sourceDescriptions.*, $components.*).
-    Containers are returned as copies, so callers may modify them freely.
+    Raises ExpressionError for a malformed expression, and for one this runtime
+    does not support ($request.*, $workflows.*, $sourceDescriptions.*, $components.*).
     """
-    ref = _parse(expression)
-    value = _read_source(ref, ctx, expression)
-    if ref.pointer is not None:
-        value = json_pointer(value, ref.pointer)
-    if isinstance(value, (dict, list)):
-        value = copy.deepcopy(value)
-    return value
-
-
-def _read_source(ref: _Reference, ctx: Context, expression: str) -> Any:
-    parts = ref.parts
-    if ref.source == "statusCode":
-        return MISSING if ctx.status_code is None else ctx.status_code
-    if ref.source == "url":
-        return MISSING if ctx.url is None else ctx.url
-    if ref.source == "method":
-        return MISSING if ctx.method is None else ctx.method
-    if ref.source == "inputs":
-        return ctx.inputs.get(parts["name"], MISSING)
-    if ref.source == "outputs":
-        return ctx.outputs.get(parts["name"], MISSING)
-    if ref.source == "steps":
-        return ctx.steps.get(parts["id"], {}).get(parts["name"], MISSING)
-    if ref.source == "response":
-        if parts["body"]:
-            return ctx.response_body
-        if parts["header"]:
-            return _header(ctx.response_headers, parts["header"])
-        raise _unsupported(expression, "a response has no query or path parameters")
-    reasons = {
-        "request": "the request as sent is not recorded",
-        "workflows": "only a single workflow runs",
-        "sourceDescriptions": "source descriptions are resolved when the document is loaded",
-        "components": "components are resolved when the document is loaded",
-    }
-    raise _unsupported(expression, reasons[ref.source])
-
-
-def _unsupported(expression: str, reason: str) -> ExpressionError:
-    return ExpressionError(f"runtime expression {expression!r} is not supported by this runtime: {reason}")
+    return compile_expression(expression).evaluate(ctx)
 
 
 def _header(headers: Mapping[str, str], name: str) -> Any:
@@ -320,7 +359,7 @@ def _header(headers: Mapping[str, str], name: str) -> Any:
     return MISSING
 
 
-# --------------------------------------------------------------------------- resolution
+# --------------------------------------------------------------------------- values
 
 # SPEC-1.1 forbids braces inside an embedded expression, so the first '}' closes it.
 _EMBEDDED = re.compile(r"\{(\$[^{}]*)\}")
@@ -346,42 +385,183 @@ def stringify(value: Any) -> str:
     return str(value)
 
 
-def _interpolate(text: str, ctx: Context) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        expression = match[1]
-        if not is_expression(expression):
-            return match[0]
-        value = evaluate(expression, ctx)
-        if value is MISSING:
-            raise ExpressionError(
-                f"embedded expression {match[0]!r} in {text!r} has no value"
-            )
-        return stringify(value)
+class Value(abc.ABC):
+    """A compiled parameter value, payload or output definition.
 
-    return _EMBEDDED.sub(substitute, text)
+    `source` is the value as written in the document. `evaluate` resolves it
+    against a context; `expressions` lists every runtime expression inside it
+    with the path to it (for load-time checks and error messages).
+    """
+
+    source: Any
+
+    @abc.abstractmethod
+    def evaluate(self, ctx: Context) -> Any:
+        """The value resolved against `ctx` (MISSING when a whole-string expression has none)."""
+
+    def expressions(self) -> Iterator[tuple[str, Expression]]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r})"
+
+
+class _Literal(Value):
+    """A value with no expression in it: a number, boolean, null or plain string."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def evaluate(self, ctx: Context) -> Any:
+        return self.source
+
+
+class _Whole(Value):
+    """A string that is one runtime expression: evaluates to the value, keeping its type."""
+
+    def __init__(self, expression: Expression) -> None:
+        self.source = expression.text
+        self.expression = expression
+
+    def evaluate(self, ctx: Context) -> Any:
+        return self.expression.evaluate(ctx)
+
+    def expressions(self) -> Iterator[tuple[str, Expression]]:
+        yield "", self.expression
+
+
+class _Template(Value):
+    """A string with `{$...}` expressions embedded: always evaluates to a string."""
+
+    def __init__(self, source: str, parts: tuple[str | Expression, ...]) -> None:
+        self.source = source
+        self.parts = parts
+
+    def evaluate(self, ctx: Context) -> str:
+        pieces = []
+        for part in self.parts:
+            if isinstance(part, str):
+                pieces.append(part)
+                continue
+            value = part.evaluate(ctx)
+            if value is MISSING:
+                raise ExpressionError(f"embedded expression '{{{part.text}}}' in {self.source!r} has no value")
+            pieces.append(stringify(value))
+        return "".join(pieces)
+
+    def expressions(self) -> Iterator[tuple[str, Expression]]:
+        for part in self.parts:
+            if isinstance(part, Expression):
+                yield "", part
+
+
+class _Object(Value):
+    """An object whose values are compiled; a member whose value is MISSING is left out."""
+
+    def __init__(self, source: Mapping[str, Any], items: tuple[tuple[str, Value], ...]) -> None:
+        self.source = source
+        self.items = items
+
+    def evaluate(self, ctx: Context) -> dict[str, Any]:
+        resolved = ((key, value.evaluate(ctx)) for key, value in self.items)
+        return {key: value for key, value in resolved if value is not MISSING}
+
+    def expressions(self) -> Iterator[tuple[str, Expression]]:
+        for key, value in self.items:
+            for path, expression in value.expressions():
+                yield f".{key}{path}", expression
+
+
+class _Array(Value):
+    """An array whose items are compiled; an item that is MISSING becomes null."""
+
+    def __init__(self, source: Sequence[Any], items: tuple[Value, ...]) -> None:
+        self.source = source
+        self.items = items
+
+    def evaluate(self, ctx: Context) -> list[Any]:
+        return [None if value is MISSING else value for value in (item.evaluate(ctx) for item in self.items)]
+
+    def expressions(self) -> Iterator[tuple[str, Expression]]:
+        for index, item in enumerate(self.items):
+            for path, expression in item.expressions():
+                yield f"[{index}]{path}", expression
+
+
+class _Invalid(Exception):
+    """A bad string somewhere inside a value; `path` locates it (".symbol", "[0]")."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def _expression_in(text: str, path: str, hint: str = "") -> Expression:
+    try:
+        expression = compile_expression(text)
+    except ExpressionError as exc:
+        raise _Invalid(path, f"{exc}{hint}") from None
+    try:
+        expression.check_supported()
+    except ExpressionError as exc:
+        raise _Invalid(path, str(exc)) from None
+    return expression
+
+
+def _compile_string(text: str, path: str) -> Value:
+    if text.lstrip().startswith("$"):
+        if text != text.strip():
+            raise _Invalid(path, f"{text!r} has spaces around a runtime expression")
+        # No escape exists for a literal '$...' (OAI/Arazzo-Specification#363), and
+        # sending a mistyped expression as text would be worse than refusing it.
+        return _Whole(_expression_in(text, path, " (a string that starts with '$' must be a runtime expression)"))
+    if "{$" not in text:
+        return _Literal(text)
+    parts: list[str | Expression] = []
+    end = 0
+    for match in _EMBEDDED.finditer(text):
+        parts.append(text[end : match.start()])
+        parts.append(_expression_in(match[1], path, f" (embedded in {text!r})"))
+        end = match.end()
+    parts.append(text[end:])
+    if any(isinstance(part, str) and "{$" in part for part in parts):
+        raise _Invalid(path, f"{text!r} has a '{{$' that does not close with '}}'")
+    return _Template(text, tuple(part for part in parts if part != ""))
+
+
+def _compile(value: Any, path: str) -> Value:
+    if isinstance(value, str):
+        return _compile_string(value, path)
+    if isinstance(value, Mapping):
+        return _Object(value, tuple((str(key), _compile(item, f"{path}.{key}")) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return _Array(value, tuple(_compile(item, f"{path}[{index}]") for index, item in enumerate(value)))
+    return _Literal(value)
+
+
+def compile_value(value: Any, where: str = "value") -> Value:
+    """Compile a parameter value, payload or output definition, parsing every expression in it.
+
+    - a string that starts with '$' must be one runtime expression; it evaluates to
+      the value, keeping its type (and may be MISSING);
+    - "{$...}" embedded in a string is replaced by the value's text (see `stringify`);
+      every embedded expression must parse, and one with no value raises at evaluation;
+    - objects and arrays are compiled member by member; at evaluation an object
+      leaves out a member whose value is MISSING (a missing optional input is not
+      sent as null) and an array turns a MISSING item into null;
+    - other strings, numbers, booleans and null are constants.
+
+    Raises ExpressionError, naming `where` and the path inside the value, for an
+    expression that does not parse or that this runtime does not support: nothing
+    is ever sent as literal '$...' text.
+    """
+    try:
+        return _compile(value, "")
+    except _Invalid as exc:
+        raise ExpressionError(f"{where}{exc.path}: {exc.reason}") from None
 
 
 def resolve(value: Any, ctx: Context) -> Any:
-    """Resolve the runtime expressions in a parameter value, payload or output definition.
-
-    - a whole-string expression is evaluated, keeping its type (may be MISSING);
-    - "{$...}" embedded in a string is replaced by the value's text (see `stringify`);
-      an embedded expression with no value raises ExpressionError;
-    - any other string, including "$not an expression", is returned unchanged;
-    - dicts are resolved value by value, and keys whose value is MISSING are dropped
-      (a missing optional input is left out rather than sent as null);
-    - lists are resolved item by item, a MISSING item becoming None;
-    - other values are returned unchanged.
-    """
-    if isinstance(value, str):
-        if is_expression(value):
-            return evaluate(value, ctx)
-        if "{$" in value:
-            return _interpolate(value, ctx)
-        return value
-    if isinstance(value, Mapping):
-        resolved = {key: resolve(item, ctx) for key, item in value.items()}
-        return {key: item for key, item in resolved.items() if item is not MISSING}
-    if isinstance(value, list):
-        return [None if item is MISSING else item for item in (resolve(i, ctx) for i in value)]
-    return value
+    """Compile and evaluate a value in one go (a convenience; see `compile_value`)."""
+    return compile_value(value).evaluate(ctx)
