@@ -8,7 +8,7 @@ LINT_STAMP := $(VENV)/.lint-installed
 # devtools/package.py), so mypy and import-linter read what ships.
 LINT_TREE := .lint-build
 
-.PHONY: run test unit chaos-large bench sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-tree
+.PHONY: run test unit chaos-large bench sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,10 @@ worker: $(STAMP)
 flower: $(STAMP)
 	$(BIN)/celery -A bpx_worker.tasks.app flower
 
-## lint: ruff, mypy (strict on the Arazzo core, the engine and the job store), the import contracts.
-## All three run (make -k) and the target fails if any of them fails.
+## lint: ruff, mypy (strict on the Arazzo core, the engine and the job store), the import contracts and
+## a list of import cycles. All of them run (make -k); the target fails if any of them fails.
 lint:
-	@$(MAKE) --no-print-directory -k lint-ruff lint-types lint-imports
+	@$(MAKE) --no-print-directory -k lint-ruff lint-types lint-imports lint-cycles
 
 lint-ruff: $(LINT_STAMP)
 	$(BIN)/ruff check --output-format=concise .
@@ -59,6 +59,9 @@ lint-types: lint-tree
 
 lint-imports: lint-tree
 	PYTHONPATH=$(LINT_TREE) $(BIN)/lint-imports --no-cache
+
+lint-cycles: lint-tree
+	$(BIN)/python -m devtools.package cycles $(LINT_TREE)
 
 clean:
 	rm -rf $(VENV) *.egg-info $(LINT_TREE) .mypy_cache .ruff_cache

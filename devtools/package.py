@@ -11,6 +11,7 @@ setuptools output in build/ never leaks into it and the source tree is not writt
 
     python -m devtools.package tree .lint-build            # unpack the wheel into .lint-build/
     python -m devtools.package mypy .lint-build devtools   # mypy on that tree, paths printed as source paths
+    python -m devtools.package cycles .lint-build          # every import cycle between modules, listed
 """
 
 from __future__ import annotations
@@ -101,6 +102,62 @@ def run_mypy(tree: Path, extra: list[str], root: Path = ROOT) -> int:
     return result.returncode
 
 
+def import_cycles(tree: Path, root: Path = ROOT) -> list[list[str]]:
+    """The import cycles among the package's modules (strongly connected components), each sorted.
+
+    import-linter's `acyclic_siblings` contract finds cycles between siblings at every depth; this also
+    finds a module importing its own package's `__init__` that imports it back, and names every module
+    of a cycle. Imports inside functions and under TYPE_CHECKING count: they are dependencies too.
+    """
+    import grimp  # the lint extra; imported here so the rest of this module needs only the standard library
+
+    sys.path.insert(0, str(tree.resolve()))
+    try:
+        graph = grimp.build_graph(min(package_dirs(root), key=len), cache_dir=None)
+    finally:
+        sys.path.remove(str(tree.resolve()))
+    imports = {module: sorted(graph.find_modules_directly_imported_by(module)) for module in sorted(graph.modules)}
+    # Tarjan's algorithm, iterative so a deep chain cannot hit the recursion limit.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    for start in imports:
+        if start in index:
+            continue
+        work = [(start, 0)]
+        while work:
+            module, position = work.pop()
+            if position == 0:
+                index[module] = low[module] = len(index)
+                stack.append(module)
+                on_stack.add(module)
+            targets = imports[module]
+            if position < len(targets):
+                work.append((module, position + 1))
+                target = targets[position]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[module] = min(low[module], index[target])
+                continue
+            for target in targets:
+                if target in on_stack:
+                    low[module] = min(low[module], low[target])
+            if low[module] == index[module]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == module:
+                        break
+                if len(component) > 1 or module in imports[module]:
+                    cycles.append(sorted(component))
+    return sorted(cycles)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.package", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,11 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     mypy = commands.add_parser("mypy", help="run mypy on an unpacked tree, printing source paths")
     mypy.add_argument("tree", type=Path)
     mypy.add_argument("extra", nargs="*", help="more paths to check (e.g. devtools)")
+    cycles = commands.add_parser("cycles", help="list the import cycles between the modules of an unpacked tree")
+    cycles.add_argument("tree", type=Path)
     args = parser.parse_args(argv)
     if args.command == "tree":
         unpack_tree(args.target)
         return 0
-    return run_mypy(args.tree, args.extra)
+    if args.command == "mypy":
+        return run_mypy(args.tree, args.extra)
+    found = import_cycles(args.tree)
+    for cycle in found:
+        print("import cycle: " + " <-> ".join(cycle))
+    print(f"{len(found)} import cycle(s) between modules")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
