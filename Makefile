@@ -3,13 +3,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.lint-installed
+# The wheel of the working tree, unpacked: the one place `bpx_worker` exists as a single tree (see
+# devtools/package.py), so mypy and import-linter read what ships.
+LINT_TREE := .lint-build
 
-.PHONY: run test unit chaos-large bench sandbox worker flower clean
+.PHONY: run test unit chaos-large bench sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev,flower]"
 	touch $(STAMP)
+
+$(LINT_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev,flower,lint]"
+	touch $(LINT_STAMP)
 
 ## run: start a private Redis, the sandbox and a worker; submit a few withdrawals; shut down
 run: $(STAMP)
@@ -35,8 +43,28 @@ worker: $(STAMP)
 flower: $(STAMP)
 	$(BIN)/celery -A bpx_worker.tasks.app flower
 
+## lint: ruff, mypy (strict on the Arazzo core, the engine and the job store), the import contracts and
+## a list of import cycles. All of them run (make -k); the target fails if any of them fails.
+lint:
+	@$(MAKE) --no-print-directory -k lint-ruff lint-types lint-imports lint-cycles
+
+lint-ruff: $(LINT_STAMP)
+	$(BIN)/ruff check --output-format=concise .
+
+lint-tree: $(LINT_STAMP)
+	$(BIN)/python -m devtools.package tree $(LINT_TREE)
+
+lint-types: lint-tree
+	$(BIN)/python -m devtools.package mypy $(LINT_TREE) devtools tests benchmarks
+
+lint-imports: lint-tree
+	PYTHONPATH=$(LINT_TREE) $(BIN)/lint-imports --no-cache
+
+lint-cycles: lint-tree
+	$(BIN)/python -m devtools.package cycles $(LINT_TREE)
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info $(LINT_TREE) .mypy_cache .ruff_cache
 
 ## bench: document loading, the in-process baseline and the Celery path
 bench: $(STAMP)
