@@ -54,7 +54,7 @@ print(json.dumps({
     "bpx_worker_file": bpx_worker.__file__,
     "bpx_worker_config_file": bpx_worker.config.__file__,
     "refused_fields": refused,
-    "job_state": get_job(job_id)["state"],
+    "job_state": get_job(job_id).state.value,
 }))
 '''
 
