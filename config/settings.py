@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     retry_jitter: bool = True
 
     # Reconciliation polling
-    reconcile_initial_delay: float = Field(1.0, ge=0)
+    # A polled step (one with a `retry` failure action) waits the document's `retryAfter`
+    # first and stops after its `retryLimit`; these two override them when set, and the
+    # loaded workflow records the override (`bpx-worker workflow` shows it).
+    reconcile_initial_delay: float | None = Field(None, ge=0, description="Overrides the document's retryAfter.")
+    reconcile_retry_limit: int | None = Field(None, ge=0, description="Overrides the document's retryLimit.")
     reconcile_backoff_factor: float = Field(2.0, ge=1)
     reconcile_max_delay: float = Field(30.0, gt=0)
     reconcile_deadline: float = Field(900.0, gt=0, description="Seconds from the request to a terminal status.")

@@ -99,8 +99,9 @@ CONTINUE = Next("continue")
 class Timing:
     """The engine's clocks: retry and poll backoff, deadlines, and the lease."""
 
-    retry: Backoff
-    poll: Backoff
+    retry: Backoff  # transient failures; also the pace of lookups
+    poll_factor: float  # a polled step waits its retry action's retryAfter, growing by this factor...
+    poll_max_delay: float  # ...up to this many seconds
     poll_deadline: float  # seconds from a polled step's start to a settled answer
     lookup_deadline: float  # seconds from the last send to finding an ambiguous request
     lease_ttl: float
@@ -232,7 +233,8 @@ class StepEngine:
 
     def _poll(self, lease: Lease, record: JobRecord, step: Step, status: str | None, note: str) -> Next:
         polls = self._count_poll(lease, step, status, note)
-        limit = step.retry_actions[0].retry_limit if step.retry_actions else 0
+        action = step.retry_actions[0]
+        limit = action.effective_retry_limit
         if polls > limit:
             return self._end(lease, step.step_id, ErrorCode.CRITERIA_NOT_MET,
                              f"still not settled after {polls} polls (retryLimit {limit}): {note}",
@@ -242,7 +244,8 @@ class StepEngine:
             return self._end(lease, step.step_id, ErrorCode.RECONCILE_DEADLINE,
                              f"not settled {self.timing.poll_deadline:g}s after the step started "
                              f"(last status {status or 'not yet recorded'})", state=self._failure_state(record))
-        return Next("retry", countdown=self.timing.poll.delay(polls - 1))
+        pace = Backoff(action.effective_retry_after, self.timing.poll_factor, self.timing.poll_max_delay)
+        return Next("retry", countdown=pace.delay(polls - 1))
 
     def _count_poll(self, lease: Lease, step: Step, status: str | None, note: str) -> int:
         def polled(r: JobRecord) -> None:
@@ -290,7 +293,7 @@ class StepEngine:
                 return self._transient(lease, self.store.require(lease.job_id), step, exc)
             except AmbiguousError as exc:
                 self._mark(lease, step, number, AttemptState.AMBIGUOUS, str(exc))
-                return Next("retry", countdown=self.timing.poll.delay(0))
+                return Next("retry", countdown=self.timing.retry.delay(0))
             except RejectedError as exc:
                 self.store.drop_sealed_2fa(lease.job_id)
                 return self._end(lease, step.step_id, exc.code, exc.message, state=JobState.FAILED,
@@ -371,7 +374,7 @@ class StepEngine:
                 f"{entry.lookups} lookups ({entry.failed_lookups} failed); it was not re-sent",
                 state=JobState.NEEDS_REVIEW, client_id=record.client_id, attempts=entry.attempts,
             )
-        return Next("retry", countdown=self.timing.poll.delay(entry.lookups - 1))
+        return Next("retry", countdown=min(self.timing.retry.delay(entry.lookups - 1), self.timing.retry.max_delay))
 
     # --- judging and recording ----------------------------------------------------------------
 

@@ -113,6 +113,37 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     app.worker_main(argv + list(ctx.args))
 
 
+@main.command(name="workflow")
+def show_workflow() -> None:
+    """Show the workflow as the worker runs it: each step, its policy, and any setting overriding the document."""
+    from bpx_worker.arazzo.workflow import withdrawal_workflow
+    from bpx_worker.engine.engine import is_at_most_once
+    from bpx_worker.withdrawal.rules import workflow_rules
+    from bpx_worker.withdrawal.runtime import with_settings
+
+    s = _settings()
+    workflow = with_settings(withdrawal_workflow(), s)
+    rules = workflow_rules(s.max_quantity, s.allowed_destinations)
+    console.print(f"workflow [bold]{workflow.workflow_id}[/bold]")
+    for step in workflow.steps:
+        op = step.operation
+        console.print(f"  [bold]{step.step_id}[/bold]  {op.method} {op.path}  ({op.operation_id})")
+        if is_at_most_once(step):
+            lookup = rules.lookup.get(op.operation_id)
+            how = f"looked up by {lookup.key} via {lookup.operation_id}" if lookup else "never looked up"
+            console.print(f"    sent at most once; an answer lost in transit is {how}, never re-sent")
+        for action in step.retry_actions:
+            override = action.overridden_by
+            note = f"  (document: {action.retry_after:g}s, {action.retry_limit}; set by {override.source})" \
+                if override else "  (as the document says)"
+            console.print(f"    polled: first after {action.effective_retry_after:g}s, at most "
+                          f"{action.effective_retry_limit} polls, until {s.reconcile_deadline:g}s{note}")
+        for table, what in ((rules.after, "checked after"), (rules.before_send, "checked before sending"),
+                            (rules.settlement, "statuses settle"), (rules.keep, "record keeps part of outputs")):
+            if op.operation_id in table:
+                console.print(f"    rule: {what}")
+
+
 @main.command(name="run-inprocess")
 @click.option("--symbol", required=True)
 @click.option("--blockchain", required=True)

@@ -21,19 +21,34 @@ def timing(settings: Settings) -> Timing:
     return Timing(
         retry=Backoff(settings.retry_initial_delay, settings.retry_backoff_factor, settings.retry_max_delay,
                       settings.retry_max_attempts, settings.retry_jitter),
-        poll=Backoff(settings.reconcile_initial_delay, settings.reconcile_backoff_factor,
-                     settings.reconcile_max_delay),
+        poll_factor=settings.reconcile_backoff_factor,
+        poll_max_delay=settings.reconcile_max_delay,
         poll_deadline=settings.reconcile_deadline,
         lookup_deadline=settings.lookup_deadline,
         lease_ttl=settings.lease_ttl,
     )
 
 
+def with_settings(workflow: Workflow, settings: Settings) -> Workflow:
+    """The workflow with the RECONCILE_* overrides of its polled steps' retry actions, recorded on it."""
+    if settings.reconcile_initial_delay is None and settings.reconcile_retry_limit is None:
+        return workflow
+    source = ", ".join(name for name, value in (("RECONCILE_INITIAL_DELAY", settings.reconcile_initial_delay),
+                                                ("RECONCILE_RETRY_LIMIT", settings.reconcile_retry_limit))
+                       if value is not None)
+    for step in workflow.steps:
+        if step.retry_actions:
+            workflow = workflow.with_retry_override(step.step_id, source=source,
+                                                    retry_after=settings.reconcile_initial_delay,
+                                                    retry_limit=settings.reconcile_retry_limit)
+    return workflow
+
+
 def build_engine(settings: Settings, store: JobStore, client: Exchange, signer: Signer | None,
                  workflow: Workflow | None = None) -> StepEngine:
     """The engine for the withdrawal workflow with this worker's limits and clocks."""
     return StepEngine(
-        store, client, workflow or withdrawal_workflow(),
+        store, client, with_settings(workflow or withdrawal_workflow(), settings),
         workflow_rules(settings.max_quantity, settings.allowed_destinations), timing(settings),
         open_sealed=signer.open_sealed if signer is not None else None,
     )
