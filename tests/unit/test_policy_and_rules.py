@@ -98,3 +98,14 @@ def test_worker_limits_are_checked_before_sending(inputs, code):
     rules = withdrawal.workflow_rules({"USDC": Decimal("100")}, frozenset({"Solana:Good"}))
     refusal = rules.before_send[withdrawal.WITHDRAW_OPERATION](None, inputs)
     assert (refusal.code if refusal else None) is code
+
+
+def test_a_looked_up_withdrawal_is_compared_field_by_field_with_quantities_as_decimals():
+    from bpx_worker.engine.engine import _differences
+
+    fields = withdrawal.workflow_rules().lookup[withdrawal.WITHDRAW_OPERATION].fields
+    sent = {"symbol": "USDC", "blockchain": "Solana", "address": "Mine", "quantity": "2.5", "clientId": "wd-k"}
+    found = {"symbol": "USDC", "blockchain": "Solana", "toAddress": "Mine", "quantity": "2.50000000", "clientId": "wd-k"}
+    assert _differences(sent, found, fields) == set()
+    assert _differences(sent, {**found, "quantity": "25"}, fields) == {"quantity"}
+    assert _differences(sent, {**found, "toAddress": "Theirs", "symbol": "SOL"}, fields) == {"address", "symbol"}
