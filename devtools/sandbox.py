@@ -1,27 +1,38 @@
 """A local sandbox of the Backpack Exchange: a real HTTP server, not a test double.
 
-It serves the three endpoints of the balance-checked withdrawal workflow with the
-OpenAPI description's paths, field names and types, and checks the same signed
-headers the exchange does (with the PUBLIC key only; it never sees the secret):
+It serves the three endpoints of the balance-checked withdrawal workflow, plus the
+withdrawal limit (a read with boolean query values), with the OpenAPI description's
+paths, field names and types, and checks the same signed headers the exchange does
+(with the PUBLIC key only; it never sees the secret) against the parameters as
+received on the wire:
 
-    GET  /api/v1/capital               balanceQuery
-    POST /wapi/v1/capital/withdrawals  withdraw
-    GET  /wapi/v1/capital/withdrawals  withdrawalQueryAll
+    GET  /api/v1/capital                    balanceQuery
+    POST /wapi/v1/capital/withdrawals       withdraw
+    GET  /wapi/v1/capital/withdrawals       withdrawalQueryAll
+    GET  /api/v1/account/limits/withdrawal  maxWithdrawalQuantity
 
 A withdrawal appears in the history `history_lag` seconds after it is created and
 reads "confirmed" `confirm_delay` seconds after it is created (both decided at
 read time), unless it was created while `hold_status` was set. Faults (503, 429,
 latency, TCP reset before processing, commit-then-reset) are injected per request
-with a seedable random.Random, only on the three exchange endpoints. Unsigned
-admin endpoints live under /_sandbox/. State sits behind one lock and, with
-`state_file`, is written atomically after every mutation and reloaded at start.
+with a seedable random.Random, only on the exchange endpoints. Two settings play an
+exchange that misbehaves: `ignore_filters` answers the history as if it had no
+`id`/`clientId` filters (older API versions), and `redirect_to` answers every
+exchange request with a redirect there. Unsigned admin endpoints live under
+/_sandbox/. State sits behind one lock and, with `state_file`, is written
+atomically after every mutation and reloaded at start.
 
-Run it with `python -m worker.sandbox --help`.
+Every accepted socket has TCP_NODELAY and every response leaves in one write: a
+head written apart from its body would wait for the peer's delayed ACK on a
+keep-alive connection (Nagle), about 40 ms a request.
+
+Run it with `python -m devtools.sandbox --help`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -36,28 +47,37 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 from bpx_worker.config.documents import blockchain_names, custody_assets
 from bpx_worker.errors import ConfigurationError
 from bpx_worker.exchange.signer import (
-    DEFAULT_WINDOW_MS, MAX_WINDOW_MS, check_window, signing_string, verify, verify_key_from_api_key)
+    DEFAULT_WINDOW_MS,
+    MAX_WINDOW_MS,
+    check_window,
+    signing_string,
+    verify,
+    verify_key_from_api_key,
+)
 
 log = logging.getLogger("devtools.sandbox")
 
 BALANCES_PATH = "/api/v1/capital"
 WITHDRAWALS_PATH = "/wapi/v1/capital/withdrawals"
+LIMITS_PATH = "/api/v1/account/limits/withdrawal"
 # (method, path) -> signing instruction, as in the OpenAPI "**Instruction:**" lines.
 EXCHANGE_ROUTES = {
     ("GET", BALANCES_PATH): "balanceQuery",
     ("POST", WITHDRAWALS_PATH): "withdraw",
     ("GET", WITHDRAWALS_PATH): "withdrawalQueryAll",
+    ("GET", LIMITS_PATH): "maxWithdrawalQuantity",
 }
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 FAULT_KINDS = ("5xx", "429", "drop", "commit_then_drop")
 JSON_TYPE = "application/json; charset=utf-8"
 STATE_VERSION = 1
@@ -77,7 +97,7 @@ class Faults:
     seed: int | None = None
     only_withdrawals: bool = False  # inject faults into the withdrawal POST only, not the reads
 
-    def validated(self) -> "Faults":
+    def validated(self) -> Faults:
         for name in ("p_5xx", "p_429", "p_drop", "p_commit_then_drop"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -102,6 +122,9 @@ class SandboxConfig:
     hold_status: str | None = None
     reject_code: str | None = None  # refuse every new withdrawal with this ApiErrorCode
     withdraw_status: int = 200  # the HTTP status a new withdrawal is answered with (a 2xx)
+    ignore_filters: bool = False  # answer the history as if `id` and `clientId` were not filters
+    redirect_to: str | None = None  # answer every exchange request with a redirect to this base URL
+    redirect_status: int = 307
     faults: Faults = field(default_factory=Faults)
     state_file: Path | None = None
     host: str = "127.0.0.1"
@@ -142,6 +165,26 @@ def _non_negative(value: Any, what: str) -> float:
     return float(value)
 
 
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _redirect_target(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+        raise ValueError(f"redirect_to must be an http(s) base URL or null, got {value!r}")
+    return value.rstrip("/")
+
+
+def _redirect_status(value: Any) -> int:
+    if isinstance(value, bool) or value not in REDIRECT_STATUSES:
+        raise ValueError(f"redirect_status must be one of {REDIRECT_STATUSES}, got {value!r}")
+    return int(value)
+
+
 def _parse_balances(raw: Any) -> dict[str, dict[str, Decimal]]:
     """{"USDC": "1000"} or {"USDC": {"available": .., "locked": .., "staked": ..}}."""
     if not isinstance(raw, dict):
@@ -158,7 +201,7 @@ def _parse_balances(raw: Any) -> dict[str, dict[str, Decimal]]:
 
 def _iso_ms(ms: int) -> str:
     """Naive ISO 8601 UTC with milliseconds, as the exchange writes createdAt."""
-    stamp = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{ms % 1000:03d}"
 
 
@@ -180,6 +223,9 @@ class Ledger:
         self.hold_status = config.hold_status
         self.reject_code = config.reject_code
         self.withdraw_status = config.withdraw_status
+        self.ignore_filters = _flag(config.ignore_filters, "ignore_filters")
+        self.redirect_to = _redirect_target(config.redirect_to)
+        self.redirect_status = _redirect_status(config.redirect_status)
         self.faults = Faults(**asdict(config.faults)).validated()
         self.rng = random.Random(self.faults.seed)
         self.balances = _parse_balances(config.balances)
@@ -188,12 +234,12 @@ class Ledger:
         self.requests = {f"{m} {p}": 0 for (m, p) in EXCHANGE_ROUTES}
         self.faults_injected = {kind: 0 for kind in FAULT_KINDS}
         if self.state_file and self.state_file.exists():
-            self._load()
+            self._load(self.state_file)
         self._save()
 
     # -- persistence (caller holds the lock, or is __init__)
-    def _load(self) -> None:
-        data = json.loads(self.state_file.read_text())
+    def _load(self, path: Path) -> None:
+        data = json.loads(path.read_text())
         self.balances = _parse_balances(data["balances"])
         self.withdrawals = data["withdrawals"]
         self.next_id = int(data["next_id"])
@@ -252,7 +298,8 @@ class Ledger:
         return {
             "api_key": api_key, "confirm_delay": self.confirm_delay, "history_lag": self.history_lag,
             "hold_status": self.hold_status, "reject_code": self.reject_code,
-            "withdraw_status": self.withdraw_status, "faults": asdict(self.faults),
+            "withdraw_status": self.withdraw_status, "ignore_filters": self.ignore_filters,
+            "redirect_to": self.redirect_to, "redirect_status": self.redirect_status, "faults": asdict(self.faults),
             "state_file": str(self.state_file) if self.state_file else None,
         }
 
@@ -330,14 +377,19 @@ class Ledger:
                      symbol, record["blockchain"], record["clientId"])
             return self._public(record, now, status=self.hold_status or "pending")
 
+    def max_withdrawal(self, symbol: str) -> Decimal:
+        with self.lock:
+            return self.balances.get(symbol, {}).get("available", Decimal(0))
+
     def history(self, q: dict[str, Any]) -> list[dict[str, Any]]:
         with self.lock:
             now = _now_ms()
+            filtered = not self.ignore_filters
             rows = [
                 r for r in reversed(self.withdrawals)
                 if now >= r["visibleAfterMs"]
-                and (q["id"] is None or r["id"] == q["id"])
-                and (q["clientId"] is None or r["clientId"] == q["clientId"])
+                and (not filtered or q["id"] is None or r["id"] == q["id"])
+                and (not filtered or q["clientId"] is None or r["clientId"] == q["clientId"])
                 and (q["from"] is None or r["createdMs"] >= q["from"])
                 and (q["to"] is None or r["createdMs"] <= q["to"])
             ]
@@ -357,7 +409,8 @@ class Ledger:
             return asdict(new)
 
     def set_config(self, changes: dict[str, Any], api_key: str) -> dict[str, Any]:
-        unknown = set(changes) - {"confirm_delay", "history_lag", "hold_status", "reject_code", "withdraw_status"}
+        unknown = set(changes) - {"confirm_delay", "history_lag", "hold_status", "reject_code", "withdraw_status",
+                                  "ignore_filters", "redirect_to", "redirect_status"}
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
         with self.lock:
@@ -372,8 +425,12 @@ class Ledger:
             answer = changes.get("withdraw_status", self.withdraw_status)
             if isinstance(answer, bool) or not isinstance(answer, int) or not 200 <= answer <= 299:
                 raise ValueError("withdraw_status must be a 2xx status code")
+            ignore = _flag(changes.get("ignore_filters", self.ignore_filters), "ignore_filters")
+            redirect_to = _redirect_target(changes.get("redirect_to", self.redirect_to))
+            redirect_status = _redirect_status(changes.get("redirect_status", self.redirect_status))
             self.confirm_delay, self.history_lag, self.hold_status = confirm, lag, hold
-            self.reject_code, self.withdraw_status = reject, answer
+            self.reject_code, self.withdraw_status, self.ignore_filters = reject, answer, ignore
+            self.redirect_to, self.redirect_status = redirect_to, redirect_status
             return self.config_json(api_key)
 
     def set_balances(self, raw: Any) -> dict[str, dict[str, str]]:
@@ -449,7 +506,7 @@ def _parse_history_query(params: dict[str, str]) -> dict[str, Any]:
             raise BadRequest(f"failed to parse parameter `{name}`: expected an integer >= {minimum}, got {text!r}")
         return int(text)
 
-    query = {
+    query: dict[str, Any] = {
         "id": integer("id", None, 0), "clientId": params.get("clientId"),
         "from": integer("from", None, 0), "to": integer("to", None, 0),
         "limit": integer("limit", 100, 0), "offset": integer("offset", 0, 0),
@@ -459,12 +516,26 @@ def _parse_history_query(params: dict[str, str]) -> dict[str, Any]:
     return query
 
 
+def _parse_limits_query(params: dict[str, str]) -> dict[str, Any]:
+    """symbol (required), autoBorrow and autoLendRedeem: booleans exactly `true` or `false`."""
+    if not params.get("symbol"):
+        raise BadRequest("failed to parse parameter `symbol`: missing")
+    query: dict[str, Any] = {"symbol": params["symbol"]}
+    for name in ("autoBorrow", "autoLendRedeem"):
+        if name in params:
+            if params[name] not in ("true", "false"):
+                raise BadRequest(
+                    f"failed to parse parameter `{name}`: expected `true` or `false`, got {params[name]!r}")
+            query[name] = params[name] == "true"
+    return query
+
+
 # --------------------------------------------------------------------------- HTTP handler
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    sandbox: "Sandbox"
+    sandbox: Sandbox
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.open_connections: set[socket.socket] = set()
@@ -473,6 +544,8 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self):  # track live sockets so stop() can close keep-alive connections
         sock, addr = super().get_request()
+        # No Nagle: a small write must not wait for the client's delayed ACK (~40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.connections_lock:
             self.open_connections.add(sock)
         return sock, addr
@@ -499,8 +572,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        # Head and body in one write (end_headers would write the head alone).
+        buffered: list[bytes] = getattr(self, "_headers_buffer", [])  # absent for an HTTP/0.9 request: no head
+        head = b"".join(buffered) + b"\r\n" if buffered else b""
+        buffered.clear()
+        self.wfile.write(head + body)
 
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), JSON_TYPE, headers)
@@ -560,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._exchange(method, path, url.query, body)
             elif path.startswith("/_sandbox/"):
                 self._admin(method, path, body)
-            elif path in (BALANCES_PATH, WITHDRAWALS_PATH):
+            elif path in (BALANCES_PATH, WITHDRAWALS_PATH, LIMITS_PATH):
                 self._text(405, "405 method not allowed")
             else:
                 self._text(404, "404 not found")
@@ -577,6 +653,10 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox, route = self.server.sandbox, f"{method} {path}"
         ledger = sandbox.ledger
         ledger.count_request(route)
+        if ledger.redirect_to:
+            target = ledger.redirect_to + path + (f"?{query}" if query else "")
+            log.info("redirecting %s to %s", route, ledger.redirect_to)
+            return self._send(ledger.redirect_status, b"", JSON_TYPE, {"Location": target})
         fault = ledger.draw_faults(route == f"POST {WITHDRAWALS_PATH}")
         if fault["latency_ms"]:
             time.sleep(fault["latency_ms"] / 1000)
@@ -609,6 +689,10 @@ class _Handler(BaseHTTPRequestHandler):
             history_query = _parse_history_query(params)
             self._authenticate(instruction, params)
             return self._json(200, ledger.history(history_query))
+        if instruction == "maxWithdrawalQuantity":
+            limits = _parse_limits_query(params)
+            self._authenticate(instruction, params)
+            return self._json(200, {**limits, "maxWithdrawalQuantity": _fmt(ledger.max_withdrawal(limits["symbol"]))})
         self._authenticate(instruction, params)
         return self._json(200, ledger.balances_view())
 
@@ -631,7 +715,7 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _authenticate(self, instruction: str, params: dict[str, Any]) -> None:
-        def refuse(message: str) -> None:
+        def refuse(message: str) -> NoReturn:
             raise ApiError(400, "INVALID_CLIENT_REQUEST", message)
 
         sandbox = self.server.sandbox
@@ -639,9 +723,12 @@ class _Handler(BaseHTTPRequestHandler):
         signature = self.headers.get("X-SIGNATURE")
         timestamp_text = self.headers.get("X-TIMESTAMP")
         window_text = self.headers.get("X-WINDOW")
-        for name, value in (("X-API-KEY", api_key), ("X-SIGNATURE", signature), ("X-TIMESTAMP", timestamp_text)):
-            if not value:
-                refuse(f"Missing {name} header")
+        if not api_key:
+            refuse("Missing X-API-KEY header")
+        if not signature:
+            refuse("Missing X-SIGNATURE header")
+        if not timestamp_text:
+            refuse("Missing X-TIMESTAMP header")
         if api_key.strip() != sandbox.config.api_key.strip():
             refuse("Invalid X-API-KEY header")
         try:
@@ -718,8 +805,8 @@ class Sandbox:
         server = _Server((self.config.host, self.config.port), _Handler)
         server.sandbox = self
         self._server = server
-        host, port = server.server_address[:2]
-        self._url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        host, port = str(server.server_address[0]), server.server_address[1]
+        self._url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104 - a comparison
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-http", daemon=True)
         self._thread.start()
@@ -740,15 +827,13 @@ class Sandbox:
         server.server_close()
         with server.connections_lock:
             for sock in list(server.open_connections):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         if self._thread is not None:
             self._thread.join(timeout=5)
         log.info("sandbox stopped")
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         self.start()
         return self
 
@@ -786,7 +871,7 @@ def _probability(text: str) -> float:
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m worker.sandbox",
+        prog="python -m devtools.sandbox",
         description="Local Backpack Exchange sandbox (balances, withdrawals, history) with fault injection. "
                     "Every option also reads the environment variable named in its help; the option wins.")
     a = p.add_argument
@@ -804,7 +889,13 @@ def _build_parser() -> argparse.ArgumentParser:
     a("--history-lag", type=float, default=_env("SANDBOX_HISTORY_LAG", "1.0"),
       help="seconds after creation a withdrawal shows in the history (SANDBOX_HISTORY_LAG; default 1)")
     a("--hold-status", default=_env("SANDBOX_HOLD_STATUS"),
-      help='status new withdrawals keep forever, e.g. "pending" or "ownershipVerificationRequired" (SANDBOX_HOLD_STATUS)')
+      help='status new withdrawals keep forever, e.g. "pending" or "ownershipVerificationRequired" '
+           '(SANDBOX_HOLD_STATUS)')
+    a("--ignore-filters", action="store_true", default=_env("SANDBOX_IGNORE_FILTERS", "") in ("1", "true"),
+      help="answer the withdrawal history as if `id` and `clientId` were not filters, like older API versions "
+           "(SANDBOX_IGNORE_FILTERS=1)")
+    a("--redirect-to", default=_env("SANDBOX_REDIRECT_TO"),
+      help="answer every exchange request with a 307 redirect to this base URL (SANDBOX_REDIRECT_TO)")
     a("--state-file", type=Path, default=_env("SANDBOX_STATE_FILE"),
       help="JSON file the ledger is saved to after every change and loaded from at start (SANDBOX_STATE_FILE)")
     a("--fault-5xx", type=_probability, default=_env("SANDBOX_FAULT_5XX", "0"),
@@ -847,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
         config = SandboxConfig(
             api_key=api_key, balances=args.balances, confirm_delay=args.confirm_delay,
             history_lag=args.history_lag, hold_status=args.hold_status, state_file=args.state_file,
+            ignore_filters=args.ignore_filters, redirect_to=args.redirect_to,
             host=args.host, port=args.port,
             faults=Faults(p_5xx=args.fault_5xx, p_429=args.fault_429, latency_ms=args.latency_ms,
                           p_drop=args.fault_drop, p_commit_then_drop=args.fault_commit_then_drop,

@@ -2,6 +2,8 @@
 
     WorkerError
     ├── ConfigurationError      settings or keys unusable; raised at start
+    │   └── UnsendableRequest   a request that cannot be put on the wire as built (URL, header,
+    │                           proxy, body); certainly nothing was sent
     ├── InvalidRequest          a withdrawal request refused at the edge (names each field)
     ├── WorkflowError           the Arazzo document or its evaluation
     │   ├── DocumentError       document invalid, operationId not found
@@ -12,7 +14,8 @@
     │   └── LeaseLost           another run of the same step holds a newer lease
     └── ExchangeError           talking to the exchange; the type decides what may be done next
         ├── TransientError      certainly not processed: retry with backoff
-        ├── RejectedError       processed and refused (4xx): terminal, keeps code and message
+        ├── RejectedError       processed and refused (4xx), or a read answered with a redirect
+        │                       the client does not follow (code REDIRECT): terminal, keeps code and message
         └── AmbiguousError      may have been processed: look it up before anything is re-sent
 
 Messages never carry secrets: the API secret, signatures and two-factor tokens
@@ -28,6 +31,14 @@ class WorkerError(Exception):
 
 class ConfigurationError(WorkerError):
     pass
+
+
+class UnsendableRequest(ConfigurationError):
+    """The request could not be put on the wire as built: nothing was sent.
+
+    An invalid base URL, proxy URL, header value or body is a fault of the
+    settings or of the document, not of the exchange: retrying cannot help.
+    """
 
 
 class InvalidRequest(WorkerError):

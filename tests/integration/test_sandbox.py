@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from devtools.sandbox import Faults, Sandbox, SandboxConfig
 from bpx_worker.exchange.signer import Signer, signing_string
+from devtools.sandbox import Faults, Sandbox, SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 WD = "/wapi/v1/capital/withdrawals"
@@ -383,6 +384,102 @@ def test_admin_config_balances_reset_and_hold(client):
     assert requests.get(client.url + "/_sandbox/health", timeout=5).json() == {"ok": True}
 
 
+def test_ignore_filters_answers_the_history_as_if_id_and_client_id_were_not_filters(make_sandbox, signer):
+    sandbox = make_sandbox(history_lag=0, ignore_filters=True)
+    client = Client(sandbox, signer)
+    for n in range(1, 4):
+        assert client.withdraw(clientId=f"wd-{n}").status_code == 200
+    assert [r["id"] for r in in_history(client, id=2)] == [3, 2, 1]
+    assert [r["id"] for r in in_history(client, clientId="wd-1")] == [3, 2, 1]
+    assert [r["id"] for r in in_history(client, id=2, limit=1, offset=1)] == [2]  # paging still works
+    assert client.admin("config", {"ignore_filters": False}).json()["ignore_filters"] is False
+    assert [r["id"] for r in in_history(client, id=2)] == [2]
+
+
+def test_redirect_to_answers_every_exchange_request_with_a_redirect_and_processes_nothing(client, signer):
+    assert client.admin("config", {"redirect_to": "http://127.0.0.1:9/base/", "redirect_status": 302}).ok
+    response = requests.get(client.url + WD, params={"id": 4}, timeout=5, allow_redirects=False,
+                            headers=signer.headers("withdrawalQueryAll", {"id": 4}))
+    assert response.status_code == 302
+    assert response.headers["Location"] == "http://127.0.0.1:9/base" + WD + "?id=4"
+    body = {"address": ADDRESS, "blockchain": "Solana", "quantity": "1", "symbol": "USDC"}
+    response = requests.post(client.url + WD, json=body, headers=signer.headers("withdraw", body), timeout=5,
+                             allow_redirects=False)
+    assert response.status_code == 302 and client.ledger()["withdrawals"] == []
+
+
+@pytest.mark.parametrize("setting", [{"ignore_filters": "yes"}, {"redirect_to": "ftp://x"}, {"redirect_to": 5},
+                                     {"redirect_status": 200}, {"redirect_status": True}])
+def test_admin_config_refuses_bad_filter_and_redirect_settings(client, setting):
+    response = client.admin("config", setting)
+    assert response.status_code == 400 and response.json()["code"] == "INVALID_CLIENT_REQUEST"
+
+
+def test_withdrawal_limit_verifies_the_signature_of_the_query_as_received(client, signer):
+    def limit(wire: dict, signed: dict) -> requests.Response:
+        headers = signer.headers("maxWithdrawalQuantity", signed)
+        return requests.get(client.url + "/api/v1/account/limits/withdrawal", params=wire, headers=headers, timeout=5)
+
+    query = {"symbol": "USDC", "autoBorrow": "true", "autoLendRedeem": "false"}
+    response = limit(query, {"symbol": "USDC", "autoBorrow": True, "autoLendRedeem": False})
+    assert response.status_code == 200
+    assert response.json() == {"symbol": "USDC", "autoBorrow": True, "autoLendRedeem": False,
+                               "maxWithdrawalQuantity": "1000"}
+    # Signed one way, sent another: refused, like the exchange.
+    mismatch = limit({"symbol": "USDC", "autoBorrow": "true"}, {"symbol": "USDC", "autoBorrow": "false"})
+    assert mismatch.status_code == 400 and mismatch.json()["message"] == "Invalid signature"
+    # A boolean written the Python way is not a boolean on the wire.
+    python_bool = limit({"symbol": "USDC", "autoBorrow": "True"}, {"symbol": "USDC", "autoBorrow": "True"})
+    assert python_bool.status_code == 400 and "autoBorrow" in python_bool.text
+    assert limit({"symbol": "SOL"}, {"symbol": "SOL"}).json() == {"symbol": "SOL", "maxWithdrawalQuantity": "25"}
+
+
+# --------------------------------------------------------------------------- keep-alive without the Nagle stall
+
+
+def test_accepted_sockets_have_tcp_nodelay(sandbox, client):
+    """Without TCP_NODELAY a small write waits for the client's delayed ACK: ~40 ms per keep-alive request."""
+    with requests.Session() as session:
+        for _ in range(2):
+            assert session.get(client.url + CAPITAL, headers=client.signer.headers("balanceQuery", {}),
+                               timeout=5).status_code == 200
+        server = sandbox._server
+        with server.connections_lock:
+            sockets = list(server.open_connections)
+        assert len(sockets) == 1  # the kept-alive connection
+        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
+
+
+def test_a_response_leaves_in_one_write(sandbox, client, monkeypatch):
+    """Head and body in separate writes is the other half of the stall: the body waits for an ACK."""
+    from devtools import sandbox as sandbox_module
+
+    writes: list[bytes] = []
+    setup = sandbox_module._Handler.setup
+
+    def counting_setup(handler) -> None:
+        setup(handler)
+        raw = handler.wfile
+
+        class Counting:
+            def write(self, data: bytes) -> int:
+                writes.append(bytes(data))
+                return raw.write(data)
+
+            def __getattr__(self, name: str):
+                return getattr(raw, name)
+
+        handler.wfile = Counting()
+
+    monkeypatch.setattr(sandbox_module._Handler, "setup", counting_setup)
+    with requests.Session() as session:
+        for _ in range(2):
+            response = session.get(client.url + CAPITAL, headers=client.signer.headers("balanceQuery", {}), timeout=5)
+            assert response.status_code == 200
+    assert len(writes) == 2
+    assert all(w.startswith(b"HTTP/1.1 200") and w.endswith(response.content) for w in writes)
+
+
 # --------------------------------------------------------------------------- persistence and CLI
 
 
@@ -407,11 +504,18 @@ def test_cli_starts_answers_and_exits_on_sigterm(tmp_path, signer):
     ready = tmp_path / "ready.url"
     env = {**os.environ, "SANDBOX_API_KEY": signer.api_key, "SANDBOX_BALANCES": "USDC=10,SOL=2"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devtools.sandbox", "--port", "0", "--ready-file", str(ready), "--balances", "USDC=11"],
+        [sys.executable, "-m", "devtools.sandbox", "--port", "0", "--ready-file", str(ready), "--balances", "USDC=11",
+         "--ignore-filters", "--redirect-to", "http://127.0.0.1:9"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = wait_for(lambda: ready.exists() and ready.read_text().strip(), timeout=20)
         assert requests.get(url + "/_sandbox/health", timeout=5).json() == {"ok": True}
+        response = requests.get(url + CAPITAL, headers=signer.headers("balanceQuery", {}), timeout=5,
+                                allow_redirects=False)
+        assert response.status_code == 307 and response.headers["Location"] == "http://127.0.0.1:9" + CAPITAL
+        config = requests.get(url + "/_sandbox/ledger", timeout=5).json()["config"]
+        assert config["ignore_filters"] is True and config["redirect_to"] == "http://127.0.0.1:9"
+        requests.post(url + "/_sandbox/config", json={"redirect_to": None}, timeout=5).raise_for_status()
         response = requests.get(url + CAPITAL, headers=signer.headers("balanceQuery", {}), timeout=5)
         assert response.json() == {"USDC": {"available": "11", "locked": "0", "staked": "0"}}  # option wins
         proc.send_signal(signal.SIGTERM)

@@ -1,9 +1,14 @@
 """Signing strings and the test vectors of notes/backpack-api.md section 1.3."""
 
+from decimal import Decimal
+from urllib.parse import parse_qsl, urlsplit
+
 import pytest
 
+from bpx_worker.arazzo.workflow import HttpRequest
 from bpx_worker.errors import ConfigurationError
-from bpx_worker.exchange.signer import Signer, check_window, signing_string, verify
+from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.exchange.signer import Signer, check_window, render, rendered, signing_string, verify
 
 SEED = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
 API_KEY = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
@@ -83,3 +88,29 @@ def test_wrong_signature_does_not_verify():
     message = signing_string("balanceQuery", {}, TS, 5000)
     assert not verify(API_KEY, message, VECTORS[1][3])
     assert not verify(API_KEY, message, "garbage")
+
+
+def test_values_render_as_the_exchange_reads_them():
+    assert rendered({"autoBorrow": True, "autoLendRedeem": False, "id": 7, "clientId": "wd-1", "skip": None}) == {
+        "autoBorrow": "true", "autoLendRedeem": "false", "id": "7", "clientId": "wd-1"}
+    assert render(True) == "true" and render(Decimal("1.50")) == "1.50"
+
+
+def test_the_signing_string_is_built_from_the_rendered_values():
+    params = {"symbol": "USDC", "autoBorrow": True, "skip": None}
+    assert signing_string("maxWithdrawalQuantity", params, 1, 5000) == signing_string(
+        "maxWithdrawalQuantity", rendered(params), 1, 5000)
+
+
+def test_the_query_on_the_wire_is_the_query_that_was_signed():
+    """What the exchange parses from the URL verifies against the signature (booleans `true`, not `True`)."""
+    signer = Signer.from_secret(API_KEY, SEED)
+    client = BackpackClient("http://127.0.0.1:9", signer)
+    request = HttpRequest("GET", "/api/v1/account/limits/withdrawal", "maxWithdrawalQuantity",
+                          {"symbol": "USDC", "autoBorrow": True, "autoLendRedeem": False, "skip": None})
+    prepared, _ = client._prepare(request)
+    received = dict(parse_qsl(urlsplit(prepared.url).query, strict_parsing=True))
+    assert received == {"symbol": "USDC", "autoBorrow": "true", "autoLendRedeem": "false"}
+    headers = prepared.headers
+    message = signing_string("maxWithdrawalQuantity", received, int(headers["X-TIMESTAMP"]), int(headers["X-WINDOW"]))
+    assert verify(API_KEY, message, headers["X-SIGNATURE"])

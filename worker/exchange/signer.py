@@ -28,17 +28,27 @@ DEFAULT_WINDOW_MS = 5000
 MAX_WINDOW_MS = 60000
 
 
-def _render(value: Any) -> str:
+def render(value: Any) -> str:
+    """One parameter value as the exchange reads it: booleans lowercase, everything else `str`."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def rendered(params: Mapping[str, Any]) -> dict[str, str]:
+    """The parameters as signed, absent (None) values left out.
+
+    The client writes query values on the wire from this same mapping, so what
+    the exchange receives is exactly what was signed (a boolean is `true`, never `True`).
+    """
+    return {str(k): render(v) for k, v in params.items() if v is not None}
 
 
 def signing_string(
     instruction: str, params: Mapping[str, Any], timestamp: int, window: int
 ) -> str:
     """The exact string the exchange verifies, for one request."""
-    pairs = [f"{k}={_render(v)}" for k, v in sorted(params.items()) if v is not None]
+    pairs = [f"{k}={v}" for k, v in sorted(rendered(params).items())]
     head = "&".join([f"instruction={instruction}", *pairs])
     return f"{head}&timestamp={timestamp}&window={window}"
 
@@ -84,7 +94,7 @@ class Signer:
     @classmethod
     def from_secret(
         cls, api_key: str, secret: str, clock: Callable[[], float] = time.time
-    ) -> "Signer":
+    ) -> Signer:
         signing_key = nacl.signing.SigningKey(_decode_key(secret, "API secret"))
         expected = base64.b64encode(bytes(signing_key.verify_key)).decode()
         if api_key.strip() != expected:
@@ -92,7 +102,7 @@ class Signer:
         return cls(expected, signing_key, clock)
 
     @classmethod
-    def generate(cls, clock: Callable[[], float] = time.time) -> tuple["Signer", str]:
+    def generate(cls, clock: Callable[[], float] = time.time) -> tuple[Signer, str]:
         """A fresh key pair: (signer, base64 secret). For the sandbox and tests."""
         signing_key = nacl.signing.SigningKey.generate()
         secret = base64.b64encode(bytes(signing_key)).decode()
