@@ -19,9 +19,9 @@ from bpx_worker.exchange.signer import Signer
 from devtools.sandbox import Sandbox, SandboxConfig
 
 BALANCES = HttpRequest("GET", "/api/v1/capital", "balanceQuery")
-WITHDRAW = HttpRequest("POST", "/wapi/v1/capital/withdrawals", "withdraw",
-                       body={"symbol": "USDC", "blockchain": "Solana", "address": "Addr", "quantity": "1",
-                             "clientId": "wd-client-test"})
+WITHDRAW_BODY = {"symbol": "USDC", "blockchain": "Solana", "address": "Addr", "quantity": "1",
+                 "clientId": "wd-client-test"}
+WITHDRAW = HttpRequest("POST", "/wapi/v1/capital/withdrawals", "withdraw", body=WITHDRAW_BODY)
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def canned(response: bytes):
 
 SECRET_2FA = "2fa-token-123456"
 WITHDRAW_2FA = HttpRequest("POST", "/wapi/v1/capital/withdrawals", "withdraw",
-                           body={**WITHDRAW.body, "twoFactorToken": SECRET_2FA})
+                           body={**WITHDRAW_BODY, "twoFactorToken": SECRET_2FA})
 
 
 # --------------------------------------------------------------------------- redirects are never followed
@@ -227,7 +227,7 @@ def test_a_boolean_query_value_goes_on_the_wire_as_signed(exchange):
 
 
 def _withdraw(client: BackpackClient, client_id: str) -> int:
-    body = {**WITHDRAW.body, "clientId": client_id}
+    body = {**WITHDRAW_BODY, "clientId": client_id}
     return client.send(HttpRequest("POST", WITHDRAW.path, "withdraw", body=body)).body["id"]
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
+from typing import Any
 
 import pytest
 import urllib3.exceptions
@@ -12,8 +14,11 @@ from requests import exceptions as rex
 from bpx_worker.errors import AmbiguousError, RejectedError, TransientError, UnsendableRequest, WorkerError
 from bpx_worker.exchange.client import REDIRECT, map_transport_error
 
+ExceptionClass = type[BaseException]
+NO_POOL: Any = None  # the wrapped errors name a pool or connection only for their messages
 
-def _all_subclasses(cls: type) -> set[type]:
+
+def _all_subclasses(cls: ExceptionClass) -> set[ExceptionClass]:
     found = {cls}
     for sub in cls.__subclasses__():
         found |= _all_subclasses(sub)
@@ -21,27 +26,34 @@ def _all_subclasses(cls: type) -> set[type]:
 
 
 # Only the exceptions of `requests` itself; a test module's own subclasses would not count.
-REQUESTS_EXCEPTIONS = {c for c in _all_subclasses(rex.RequestException) if c.__module__ == "requests.exceptions"}
+REQUESTS_EXCEPTIONS: set[ExceptionClass] = {
+    c for c in _all_subclasses(rex.RequestException) if c.__module__ == "requests.exceptions"}
 
 # Raised while the request is built or a connection is made: nothing reached the exchange.
-BEFORE_WRITE_UNSENDABLE = {rex.URLRequired, rex.MissingSchema, rex.InvalidSchema, rex.InvalidURL, rex.InvalidProxyURL,
-                           rex.InvalidHeader, rex.InvalidJSONError}
-BEFORE_WRITE_TRANSIENT = {rex.ConnectTimeout, rex.ProxyError}
+BEFORE_WRITE_UNSENDABLE: set[ExceptionClass] = {
+    rex.URLRequired, rex.MissingSchema, rex.InvalidSchema, rex.InvalidURL, rex.InvalidProxyURL,
+    rex.InvalidHeader, rex.InvalidJSONError}
+BEFORE_WRITE_TRANSIENT: set[ExceptionClass] = {rex.ConnectTimeout, rex.ProxyError}
 # May happen once bytes were written (or cannot tell): the request may have been processed.
-AFTER_WRITE = {rex.RequestException, rex.HTTPError, rex.ConnectionError, rex.SSLError, rex.Timeout, rex.ReadTimeout,
-               rex.TooManyRedirects, rex.ChunkedEncodingError, rex.ContentDecodingError, rex.StreamConsumedError,
-               rex.RetryError, rex.UnrewindableBodyError, rex.JSONDecodeError}
-REDIRECTS = {rex.TooManyRedirects, rex.UnrewindableBodyError}
+AFTER_WRITE: set[ExceptionClass] = {
+    rex.RequestException, rex.HTTPError, rex.ConnectionError, rex.SSLError, rex.Timeout, rex.ReadTimeout,
+    rex.TooManyRedirects, rex.ChunkedEncodingError, rex.ContentDecodingError, rex.StreamConsumedError,
+    rex.RetryError, rex.UnrewindableBodyError, rex.JSONDecodeError}
+REDIRECTS: set[ExceptionClass] = {rex.TooManyRedirects, rex.UnrewindableBodyError}
 
 
-def _instance(cls: type) -> BaseException:
+def _instance(cls: ExceptionClass) -> BaseException:
     if issubclass(cls, rex.JSONDecodeError):
         return cls("Expecting value", "<html>", 0)
     return cls("boom")
 
 
-def _name(cls: type) -> str:
+def _name(cls: ExceptionClass) -> str:
     return cls.__name__
+
+
+def _sorted(classes: set[ExceptionClass]) -> list[ExceptionClass]:
+    return sorted(classes, key=_name)
 
 
 def test_every_requests_exception_is_classified():
@@ -51,36 +63,36 @@ def test_every_requests_exception_is_classified():
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-@pytest.mark.parametrize("cls", sorted(REQUESTS_EXCEPTIONS, key=_name), ids=_name)
+@pytest.mark.parametrize("cls", _sorted(REQUESTS_EXCEPTIONS), ids=_name)
 def test_every_requests_exception_maps_into_the_error_tree(cls, method):
     mapped = map_transport_error(_instance(cls), method, f"{method} /x")
     assert isinstance(mapped, WorkerError)
     assert isinstance(mapped, TransientError | AmbiguousError | RejectedError | UnsendableRequest)
 
 
-@pytest.mark.parametrize("cls", sorted(AFTER_WRITE, key=_name), ids=_name)
+@pytest.mark.parametrize("cls", _sorted(AFTER_WRITE), ids=_name)
 def test_after_the_write_a_post_is_ambiguous(cls):
     assert type(map_transport_error(_instance(cls), "POST", "POST /wapi/v1/capital/withdrawals")) is AmbiguousError
 
 
-@pytest.mark.parametrize("cls", sorted(AFTER_WRITE - REDIRECTS, key=_name), ids=_name)
+@pytest.mark.parametrize("cls", _sorted(AFTER_WRITE - REDIRECTS), ids=_name)
 def test_after_the_write_a_get_is_transient(cls):
     assert type(map_transport_error(_instance(cls), "GET", "GET /api/v1/capital")) is TransientError
 
 
-@pytest.mark.parametrize("cls", sorted(REDIRECTS, key=_name), ids=_name)
+@pytest.mark.parametrize("cls", _sorted(REDIRECTS), ids=_name)
 def test_a_redirect_on_a_read_is_rejected_with_its_own_code(cls):
     mapped = map_transport_error(_instance(cls), "GET", "GET /api/v1/capital")
     assert isinstance(mapped, RejectedError) and mapped.code == REDIRECT
 
 
-@pytest.mark.parametrize("cls", sorted(BEFORE_WRITE_UNSENDABLE, key=_name), ids=_name)
+@pytest.mark.parametrize("cls", _sorted(BEFORE_WRITE_UNSENDABLE), ids=_name)
 def test_a_request_that_cannot_be_built_is_unsendable_never_ambiguous(cls):
     for method in ("GET", "POST"):
         assert type(map_transport_error(_instance(cls), method, f"{method} /x")) is UnsendableRequest
 
 
-@pytest.mark.parametrize("cls", sorted(BEFORE_WRITE_TRANSIENT, key=_name), ids=_name)
+@pytest.mark.parametrize("cls", _sorted(BEFORE_WRITE_TRANSIENT), ids=_name)
 def test_no_connection_is_transient_even_on_a_post(cls):
     assert type(map_transport_error(_instance(cls), "POST", "POST /x")) is TransientError
 
@@ -88,17 +100,18 @@ def test_no_connection_is_transient_even_on_a_post(cls):
 # --- the shapes requests really raises: a wrapper around urllib3's MaxRetryError or ProtocolError
 
 
-def _max_retry(reason: BaseException) -> urllib3.exceptions.MaxRetryError:
-    return urllib3.exceptions.MaxRetryError(None, "/x", reason)
+def _max_retry(reason: Exception) -> urllib3.exceptions.MaxRetryError:
+    return urllib3.exceptions.MaxRetryError(NO_POOL, "/x", reason)
 
 
-REFUSED = rex.ConnectionError(_max_retry(urllib3.exceptions.NewConnectionError(None, "Connection refused")))
-DNS = rex.ConnectionError(_max_retry(urllib3.exceptions.NameResolutionError("exchange.invalid", None, OSError())))
-CLOSED_POOL = rex.ConnectionError(urllib3.exceptions.ClosedPoolError(None, "Pool is closed."))
+REFUSED = rex.ConnectionError(_max_retry(urllib3.exceptions.NewConnectionError(NO_POOL, "Connection refused")))
+DNS = rex.ConnectionError(_max_retry(
+    urllib3.exceptions.NameResolutionError("exchange.invalid", NO_POOL, socket.gaierror())))
+CLOSED_POOL = rex.ConnectionError(urllib3.exceptions.ClosedPoolError(NO_POOL, "Pool is closed."))
 RESET = rex.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")))
 DISCONNECTED = rex.ConnectionError(urllib3.exceptions.ProtocolError(
     "Connection aborted.", http.client.RemoteDisconnected("Remote end closed connection without response")))
-BODY_TIMEOUT = rex.ConnectionError(urllib3.exceptions.ReadTimeoutError(None, "/x", "Read timed out."))
+BODY_TIMEOUT = rex.ConnectionError(urllib3.exceptions.ReadTimeoutError(NO_POOL, "/x", "Read timed out."))
 CERTIFICATE = rex.SSLError(_max_retry(urllib3.exceptions.SSLError(ssl.SSLCertVerificationError(1, "verify failed"))))
 TLS_EOF = rex.SSLError(_max_retry(urllib3.exceptions.SSLError(ssl.SSLEOFError(8, "EOF occurred"))))
 
