@@ -40,6 +40,22 @@ def test_seed_document_as_published_still_runs(stack, sandbox):
     assert [w["toAddress"] for w in sandbox.withdrawals()].count(inputs["address"]) == 1
 
 
+def test_reconcile_never_reads_another_withdrawal_when_the_exchange_ignores_the_id_filter(stack, sandbox):
+    """The seed document takes `$response.body#/0` on trust: an ignored filter must not hand it someone else's."""
+    sandbox.configure(history_lag=0)
+    earlier = run_withdrawal_inprocess(settings.get(), _inputs("1"), uuid.uuid4().hex, seed_only=True)
+    assert earlier.state == "succeeded", earlier.error
+    # Ours stays out of the history while the earlier one is in it: an unfiltered answer starts with the earlier one.
+    sandbox.configure(history_lag=30, ignore_filters=True)
+    try:
+        result = run_withdrawal_inprocess(settings.get(), _inputs("1"), uuid.uuid4().hex, seed_only=True)
+    finally:
+        sandbox.configure(ignore_filters=False)
+    reconciled = result.steps["reconcileWithdrawal"].outputs
+    assert reconciled["reconciledId"] in (None, result.outputs["withdrawalId"])
+    assert reconciled["reconciledId"] != earlier.outputs["withdrawalId"]
+
+
 def test_balance_check_stops_before_any_withdrawal(stack, sandbox):
     before = len(sandbox.withdrawals())
     result = run_withdrawal_inprocess(settings.get(), _inputs("51", "SOL"), uuid.uuid4().hex)
