@@ -5,12 +5,12 @@ from decimal import Decimal
 
 import pytest
 
-from bpx_worker.config import settings
 from bpx_worker.arazzo.workflow import HttpRequest
-from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.config import settings
 from bpx_worker.errors import RejectedError, TransientError
-from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
+from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer
+from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
 
 
 def _inputs(quantity="12.5", symbol="USDC"):
