@@ -50,7 +50,8 @@ class Sandbox:
 
     def reset_faults_and_config(self) -> None:
         self.faults(p_5xx=0, p_429=0, latency_ms=0, p_drop=0, p_commit_then_drop=0, hang_ms=0, only_withdrawals=False)
-        self.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None, withdraw_status=200)
+        self.configure(history_lag=0.3, confirm_delay=0.5, hold_status=None, reject_code=None, withdraw_status=200,
+                       ignore_filters=False, redirect_to=None)
 
     def balances(self, **values: str) -> None:
         requests.post(self.url + "/_sandbox/balances", json=values, timeout=5).raise_for_status()

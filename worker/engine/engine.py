@@ -58,6 +58,7 @@ from bpx_worker.errors import (
     LeaseLost,
     RejectedError,
     TransientError,
+    UnsendableRequest,
 )
 from bpx_worker.exchange.client import Response
 from bpx_worker.jobs.base import Change, JobStore, Lease
@@ -291,6 +292,10 @@ class StepEngine:
             except TransientError as exc:
                 self._mark(lease, step, number, AttemptState.NOT_SENT, str(exc))
                 return self._transient(lease, self.store.require(lease.job_id), step, exc)
+            except UnsendableRequest as exc:  # could not be put on the wire: nothing was sent
+                self.store.drop_sealed_2fa(lease.job_id)
+                return self._end(lease, step.step_id, ErrorCode.CONFIGURATION, str(exc), state=JobState.FAILED,
+                                 also=_attempt_state(step.step_id, number, AttemptState.NOT_SENT, str(exc)))
             except AmbiguousError as exc:
                 self._mark(lease, step, number, AttemptState.AMBIGUOUS, str(exc))
                 return Next("retry", countdown=self.timing.retry.delay(0))
