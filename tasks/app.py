@@ -51,7 +51,8 @@ def reload_settings() -> None:
     """Re-read the environment and drop every cached connection (for embedding and tests)."""
     config_settings.get.cache_clear()
     app.conf.update(celery_settings(config_settings.get()))
-    app.amqp._producer_pool = None  # publish through a pool built from the new broker URL
+    # Publish through a pool built from the new broker URL (Celery has no public way to rebuild it).
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
     for cached in (job_store, signer, step_engine, unconfigured_engine):
         cached.cache_clear()
 

@@ -45,7 +45,7 @@ def _step_task(step_id: str) -> Task:
 
     run_step.__name__ = run_step.__qualname__ = f"run_{step_id}"
     run_step.__doc__ = f"Run the workflow step {step_id!r} of one job."
-    return app.task(name=TASK_PREFIX + step_id, bind=True, max_retries=None)(run_step)  # type: ignore[no-any-return]
+    return app.task(name=TASK_PREFIX + step_id, bind=True, max_retries=None)(run_step)
 
 
 def register(workflow: Workflow) -> dict[str, Task]:

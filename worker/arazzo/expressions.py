@@ -163,7 +163,7 @@ def _step_into(value: Any, token: str) -> Any:
 
 _ID = r"[A-Za-z0-9_\-]+"
 _NAME = rf"{_ID}(?:\.{_ID})*"
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # noqa: S105 - the RFC 9110 token grammar, not a secret
 _POINTER = r"(?:#(?P<pointer>.*))?"
 
 _SOURCE = re.compile(r"\$(?P<source>[A-Za-z]*)(?P<tail>.*)\Z", re.DOTALL)

@@ -30,6 +30,7 @@ from typing import Any, Literal, NoReturn, cast
 
 import jsonpatch
 import yaml
+
 from bpx_worker.arazzo.criteria import Criterion, compile_criterion
 from bpx_worker.arazzo.expressions import Expression, Value, compile_value
 from bpx_worker.arazzo.model import (

@@ -270,7 +270,7 @@ class BackpackClient:
         self.session = NoRedirectSession()
 
     @classmethod
-    def from_settings(cls, settings: Any, signer: Signer) -> BackpackClient:
+    def from_settings(cls, settings: Any, signer: Signer | None) -> BackpackClient:
         return cls(settings.backpack_base_url, signer, connect_timeout=settings.http_connect_timeout,
                    read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms)
 
