@@ -17,6 +17,9 @@ from bpx_worker import logs
 from bpx_worker.arazzo.workflow import load_workflow
 from devtools.local import local_stack
 
+# A well-formed Solana address nobody controls (the sandbox records it and moves nothing).
+BENCH_ADDRESS = "AEFko6Kq4Gh9F6AWQfnvRtqadzoPP73VjkgQFZLnXyAR"
+
 
 def timed(label: str, runs: int, action) -> None:
     started = time.perf_counter()
@@ -39,7 +42,7 @@ def main(jobs: int = 50) -> None:
         from bpx_worker.interfaces.api import submit_withdrawal, wait_for
         from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
 
-        inputs = {"symbol": "USDC", "blockchain": "Solana", "address": "BenchAddr", "quantity": "1"}
+        inputs = {"symbol": "USDC", "blockchain": "Solana", "address": BENCH_ADDRESS, "quantity": "1"}
         timed("in-process workflow run (3 steps)", jobs,
               lambda: run_withdrawal_inprocess(settings.get(), inputs, uuid.uuid4().hex))
         started = time.perf_counter()

@@ -9,17 +9,22 @@ from rich.console import Console
 
 from devtools.local import local_stack
 
+# Well-formed Solana addresses that nobody controls (the sandbox moves nothing).
+PAYEE_1 = "8NuJorUSa8CVTaM6RsxhAthvLc3eYAmLEpHyzruE6ECN"
+PAYEE_2 = "HYSyxUTe1mQZWhptuEHFSBVZPuGxG3jsTBj8hFiQdkkt"
+
 SCENARIOS = [
     ("withdraws 25 USDC; the exchange records it only after a lag, so reconciliation polls",
-     dict(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress111", quantity="25")),
+     dict(symbol="USDC", blockchain="Solana", address=PAYEE_1, quantity="25")),
     ("asks for more SOL than the account holds: refused at the balance check, nothing sent",
-     dict(symbol="SOL", blockchain="Solana", address="DemoSolanaAddress111", quantity="500")),
+     dict(symbol="SOL", blockchain="Solana", address=PAYEE_1, quantity="500")),
 ]
 
 
 def run_demo(console: Console) -> int:
     sandbox_args = ["--balances", "USDC=1000,SOL=10", "--history-lag", "1.5", "--confirm-delay", "3"]
     with local_stack(sandbox_args=sandbox_args, redis_url=os.environ.get("REDIS_URL")) as stack, stack.activated():
+        from bpx_worker.errors import IdempotencyConflict
         from bpx_worker.interfaces.api import get_job, submit_withdrawal
         from bpx_worker.interfaces.cli import follow, show
 
@@ -34,11 +39,18 @@ def run_demo(console: Console) -> int:
 
         console.rule("the same idempotency key submitted twice: one job, one withdrawal")
         key = f"payout-{uuid.uuid4().hex[:8]}"
-        first = submit_withdrawal(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress222", quantity="10",
+        first = submit_withdrawal(symbol="USDC", blockchain="Solana", address=PAYEE_2, quantity="10",
                                   idempotency_key=key)
-        second = submit_withdrawal(symbol="USDC", blockchain="Solana", address="DemoSolanaAddress222",
+        second = submit_withdrawal(symbol="USDC", blockchain="Solana", address=PAYEE_2,
                                    quantity="10", idempotency_key=key)
         console.print(f"first submit  -> {first}\nsecond submit -> {second}  (same job: {first == second})")
+        try:
+            submit_withdrawal(symbol="USDC", blockchain="Solana", address=PAYEE_2, quantity="999",
+                              idempotency_key=key)
+            refused = False
+        except IdempotencyConflict as exc:
+            console.print(f"the same key for 999 USDC -> refused: {exc}")
+            refused = True
         outcomes.append(follow(first, console))
 
         import requests
@@ -50,7 +62,7 @@ def run_demo(console: Console) -> int:
                           f"clientId={w['clientId']} status={w['status']}")
         console.print(f"  balances {ledger['balances']}")
     expected = [0, 1, 0]  # succeeded, failed, succeeded
-    return 0 if outcomes == expected and first == second else 1
+    return 0 if outcomes == expected and first == second and refused else 1
 
 
 def main() -> int:

@@ -5,6 +5,7 @@
     │   └── UnsendableRequest   a request that cannot be put on the wire as built (URL, header,
     │                           proxy, body); certainly nothing was sent
     ├── InvalidRequest          a withdrawal request refused at the edge (names each field)
+    ├── IdempotencyConflict     an idempotency key reused for a different request (names the fields)
     ├── WorkflowError           the Arazzo document or its evaluation
     │   ├── DocumentError       document invalid, operationId not found
     │   ├── ExpressionError     malformed or unresolvable runtime expression
@@ -48,6 +49,25 @@ class InvalidRequest(WorkerError):
         self.errors = dict(errors)
         detail = "; ".join(f"{field}: {reason}" for field, reason in self.errors.items())
         super().__init__(f"invalid withdrawal request: {detail}")
+
+
+class IdempotencyConflict(WorkerError):
+    """An idempotency key already names a job whose request differs; nothing was written.
+
+    `fields` names each differing field; `differences` maps it to
+    (the job's value, this request's value). No field is secret: the 2FA token
+    is never part of the comparison.
+    """
+
+    def __init__(self, idempotency_key: str, job_id: str, differences: dict[str, tuple[object, object]]):
+        self.idempotency_key = idempotency_key
+        self.job_id = job_id
+        self.differences = dict(differences)
+        self.fields = tuple(self.differences)
+        super().__init__(
+            f"idempotency key {idempotency_key!r} already belongs to job {job_id}, whose request differs in "
+            f"{', '.join(self.fields)}; nothing was written"
+        )
 
 
 class WorkflowError(WorkerError):

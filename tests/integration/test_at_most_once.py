@@ -20,6 +20,7 @@ from bpx_worker.jobs.record import Attempt, AttemptState, StepRecord
 from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.withdrawal.runtime import build_engine
 from devtools.local import wait_until
+from tests.addresses import solana_address
 
 REQUEST = "requestWithdrawal"
 
@@ -156,7 +157,7 @@ def test_a_run_whose_lease_expired_cannot_write(store):
 def test_duplicated_chains_still_make_one_withdrawal(stack, sandbox, store):
     from bpx_worker.tasks.withdrawal import workflow_chain
 
-    job_id = submit_withdrawal("USDC", "Solana", f"Addr{uuid.uuid4().hex[:8]}", "4")
+    job_id = submit_withdrawal("USDC", "Solana", solana_address(), "4")
     for _ in range(3):
         workflow_chain(job_id).apply_async()  # as if the messages were delivered four times
     record = wait_for(job_id, timeout=60)

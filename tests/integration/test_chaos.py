@@ -24,6 +24,7 @@ import requests
 
 from devtools.local import local_stack, wait_until
 from bpx_worker.jobs.record import JobRecord
+from tests.addresses import solana_address
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -103,7 +104,7 @@ def _submit(n: int, symbol: str = "USDC", quantity: str | None = None) -> list[s
     jobs = []
     for i in range(n):
         amount = quantity or f"{rng.randint(1, 500)}.{rng.randint(0, 99):02d}"
-        jobs.append(submit_withdrawal(symbol, "Solana", f"ChaosAddr{i:05d}", amount,
+        jobs.append(submit_withdrawal(symbol, "Solana", solana_address(f"chaos-{i}"), amount,
                                       idempotency_key=f"chaos-{uuid.uuid4().hex}"))
     return jobs
 

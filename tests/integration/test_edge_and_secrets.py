@@ -22,6 +22,7 @@ import nacl.signing
 import pytest
 from celery import signals
 
+from tests.addresses import solana_address
 from tests.unit.test_request import BAD
 from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
@@ -229,12 +230,13 @@ def test_cli_refuses_bad_input_with_exit_code_2_and_writes_nothing(stack, sandbo
         env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert result.stdout == ""  # errors go to stderr
+    lines = [line.strip() for line in result.stderr.splitlines()]
     assert "refused, nothing was written:" in lines
     assert "blockchain: must be spelled exactly 'Solana'" in lines
     assert "address: must not contain whitespace" in lines
     assert "quantity: must not use exponent notation" in lines
-    assert "symbol:" not in result.stdout
+    assert "symbol:" not in result.stderr
     assert "Traceback" not in result.stderr
     assert _written(store) == keys_before
     assert store.redis.zcard(JOBS_INDEX) == jobs_before
@@ -300,7 +302,7 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
     secret = stack.secret_file.read_text().strip()
     token = f"tfa{secrets.randbelow(10**6):06d}"
     needles = Needles(secret, token)
-    addresses = [f"Addr{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    addresses = [solana_address() for _ in range(2)]
 
     # Every request takes a while, so the job is still at getBalances when the
     # sealed token is inspected below.

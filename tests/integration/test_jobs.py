@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 
 from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
+from tests.addresses import solana_address
 
 
 class _Decimal:
@@ -17,7 +18,7 @@ ANY_DECIMAL = _Decimal()
 
 
 def _submit(quantity="10", symbol="USDC", **kwargs):
-    address = f"Addr{uuid.uuid4().hex[:12]}"
+    address = solana_address()
     return submit_withdrawal(symbol, "Solana", address, quantity, **kwargs), address
 
 

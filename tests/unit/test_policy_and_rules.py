@@ -55,19 +55,6 @@ def test_locked_funds_do_not_count():
     assert withdrawal.available(BALANCES, "USDC") == Decimal("100.5")
 
 
-@pytest.mark.parametrize("key", ["abc", "payout-2026-11-25_1", "x" * 60])
-def test_client_id_is_prefixed_key_when_url_safe(key):
-    assert withdrawal.client_id(key) == f"wd-{key}"
-
-
-@pytest.mark.parametrize("key", ["has space", "x" * 61, "ümlaut", "a/b"])
-def test_client_id_is_hashed_otherwise_and_always_url_safe(key):
-    cid = withdrawal.client_id(key)
-    assert cid.startswith("wd-") and len(cid) <= 64
-    assert all(c.isalnum() or c in "-_" for c in cid)
-    assert cid == withdrawal.client_id(key)
-
-
 @pytest.mark.parametrize("status, verdict", [
     ("confirmed", Verdict.SETTLED), ("pending", Verdict.IN_PROGRESS),
     ("ownershipVerificationRequired", Verdict.NEEDS_REVIEW), ("recipientInformationRequired", Verdict.NEEDS_REVIEW),

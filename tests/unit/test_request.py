@@ -8,9 +8,11 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from bpx_worker.errors import InvalidRequest
-from bpx_worker.withdrawal.request import TOKEN_REASON, SafetyLimits, parse_request
+from bpx_worker.withdrawal.request import TOKEN_REASON, SafetyLimits, canonical_quantity, parse_request
 
 ADDRESS = "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG"
+OTHER_SOLANA = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"  # the USDC mint
+EVM_ADDRESS = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"  # the USDC contract on Ethereum
 TOKEN = "739201"  # a valid-looking 2FA token that must never leak
 VALID = {"symbol": "USDC", "blockchain": "Solana", "address": ADDRESS, "quantity": "1500.25"}
 MISSING = object()  # marks a key to delete from VALID in a table row
@@ -152,6 +154,13 @@ BAD = [
     ("address over-long", with_(address="a" * 129), {"address": "at most 128 characters"}),
     ("address not URL-safe", with_(address="abc&quantity=9"), {"address": "only letters, digits, '.', '_' and '-'"}),
     ("address with colon", with_(address="bitcoincash:qq"), {"address": "only letters, digits, '.', '_' and '-'"}),
+    ("address a dot", with_(address="."), {"address": "not a valid Solana address"}),
+    ("EVM address on Solana", with_(address=EVM_ADDRESS), {"address": "not a valid Solana address"}),
+    ("Solana address on Ethereum", with_(blockchain="Ethereum"), {"address": "not a valid Ethereum address"}),
+    ("EVM address with a broken checksum", with_(blockchain="Base", address=EVM_ADDRESS.replace("A0b8", "a0b8")),
+     {"address": "EIP-55 checksum"}),
+    ("Bitcoin address on Litecoin", with_(blockchain="Litecoin", address="1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"),
+     {"address": "not a valid Litecoin address"}),
     # quantity
     ("quantity zero", with_(quantity="0"), {"quantity": "must be greater than zero"}),
     ("quantity zero with decimals", with_(quantity="0.000"), {"quantity": "must be greater than zero"}),
@@ -251,7 +260,7 @@ def test_odd_unknown_key_is_labelled_safely():
 
 LIMITS = SafetyLimits(
     max_quantity={"USDC": Decimal("1000")},
-    allowed_destinations=frozenset({f"Solana:{ADDRESS}", "0xBareAddress"}),
+    allowed_destinations=frozenset({f"Solana:{ADDRESS}", EVM_ADDRESS}),
 )
 
 
@@ -271,31 +280,32 @@ def test_symbol_without_limit_is_uncapped():
 
 
 def test_destination_not_on_allow_list_is_refused():
-    assert refused(with_(address="SomeoneElse", quantity="1"), LIMITS) == {
+    assert refused(with_(address=OTHER_SOLANA, quantity="1"), LIMITS) == {
         "address": "not on the destination allow-list"
     }
 
 
 def test_qualified_entry_allows_only_its_chain():
-    assert refused(with_(blockchain="Ethereum", quantity="1"), LIMITS) == {
+    # Eclipse writes addresses as Solana does, so only the allow-list tells them apart.
+    assert refused(with_(blockchain="Eclipse", quantity="1"), LIMITS) == {
         "address": "not on the destination allow-list"
     }
 
 
 def test_bare_entry_allows_any_chain():
     for chain in ("Ethereum", "Base"):
-        assert parse_request(with_(blockchain=chain, address="0xBareAddress", quantity="1"), LIMITS).blockchain == chain
+        assert parse_request(with_(blockchain=chain, address=EVM_ADDRESS, quantity="1"), LIMITS).blockchain == chain
 
 
 def test_both_limits_reported_together():
-    assert refused(with_(address="SomeoneElse", quantity="5000"), LIMITS) == {
+    assert refused(with_(address=OTHER_SOLANA, quantity="5000"), LIMITS) == {
         "quantity": "exceeds the per-job limit of 1000 USDC",
         "address": "not on the destination allow-list",
     }
 
 
 def test_limits_are_checked_only_after_the_request_is_valid():
-    assert refused(with_(address="SomeoneElse", quantity="1e9"), LIMITS) == {
+    assert refused(with_(address=OTHER_SOLANA, quantity="1e9"), LIMITS) == {
         "quantity": "must not use exponent notation"
     }
 
@@ -347,3 +357,39 @@ def test_invalid_request_does_not_chain_the_validation_error():
         parse_request(with_(two_factor_token="SECRET-739201"))
     assert excinfo.value.__cause__ is None
     assert excinfo.value.__context__ is None
+
+
+# --- what makes two submissions the same request -----------------------------
+
+
+@pytest.mark.parametrize("quantity", ["1", "1.0", "1.000", 1, Decimal("1.00"), Decimal("1E+0")])
+def test_fingerprint_compares_quantities_by_value(quantity):
+    assert parse_request(with_(quantity=quantity)).fingerprint() == parse_request(with_(quantity="1")).fingerprint()
+
+
+def test_fingerprint_keeps_every_one_of_38_digits():
+    # Decimal.normalize() would round to 28 digits and make these two equal.
+    one = parse_request(with_(quantity="99999999999999999999.999999999999999998")).fingerprint()
+    two = parse_request(with_(quantity="99999999999999999999.999999999999999999")).fingerprint()
+    assert one["quantity"] == "99999999999999999999.999999999999999998"
+    assert one != two
+
+
+def test_fingerprint_names_the_fields_of_the_request_and_nothing_secret():
+    request = parse_request(with_(quantity="12.50", two_factor_token=TOKEN, window=5000, idempotency_key="k1"))
+    assert request.fingerprint() == {"symbol": "USDC", "blockchain": "Solana", "address": ADDRESS,
+                                     "quantity": "12.5", "window": 5000}
+    assert TOKEN not in repr(request.fingerprint())
+    assert request.fingerprint() == parse_request(with_(quantity="12.5", window=5000)).fingerprint()
+
+
+@pytest.mark.parametrize("change", [{"quantity": "2"}, {"address": OTHER_SOLANA}, {"symbol": "SOL"},
+                                    {"blockchain": "Eclipse"}, {"window": 4000}])
+def test_fingerprint_differs_when_any_field_differs(change):
+    assert parse_request(with_(**change)).fingerprint() != parse_request(VALID).fingerprint()
+
+
+@pytest.mark.parametrize(("given", "expected"), [("100", "100"), ("100.00", "100"), ("0.10", "0.1"),
+                                                 ("0.000000000000000001", "0.000000000000000001")])
+def test_canonical_quantity_is_plain_without_trailing_zeros(given, expected):
+    assert canonical_quantity(Decimal(given)) == expected

@@ -15,11 +15,37 @@ from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.jobs.store import RedisJobStore
 from bpx_worker.tasks.app import job_store
 from bpx_worker.tasks.withdrawal import workflow_chain
-from bpx_worker.withdrawal.request import SafetyLimits, parse_request
+from bpx_worker.withdrawal.request import SafetyLimits, WithdrawalRequest, parse_request
 
 
 def _store(store: RedisJobStore | None) -> RedisJobStore:
     return store if store is not None else job_store()
+
+
+def validate_withdrawal(
+    symbol: str,
+    blockchain: str,
+    address: str,
+    quantity: str | Decimal,
+    *,
+    idempotency_key: str | None = None,
+    two_factor_token: str | None = None,
+    window: int | str | None = None,
+    settings: config_settings.Settings | None = None,
+) -> WithdrawalRequest:
+    """The one validation of a withdrawal request, with the operator's limits; writes nothing.
+
+    Raises `InvalidRequest` naming each bad field. `submit_withdrawal` and the
+    CLI's `run-inprocess` both go through here.
+    """
+    settings = settings or config_settings.get()
+    fields: dict[str, Any] = {"symbol": symbol, "blockchain": blockchain, "address": address, "quantity": quantity}
+    for name, value in (("idempotency_key", idempotency_key), ("two_factor_token", two_factor_token),
+                        ("window", window)):
+        if value is not None:
+            fields[name] = value
+    return parse_request(fields, SafetyLimits(max_quantity=settings.max_quantity,
+                                              allowed_destinations=settings.allowed_destinations))
 
 
 def submit_withdrawal(
@@ -30,23 +56,20 @@ def submit_withdrawal(
     *,
     idempotency_key: str | None = None,
     two_factor_token: str | None = None,
-    window: int | None = None,
+    window: int | str | None = None,
     store: RedisJobStore | None = None,
 ) -> str:
     """Validate and enqueue a withdrawal; returns the job id.
 
-    The same idempotency key always returns the same job and never creates a
-    second withdrawal. Bad input raises `InvalidRequest` naming each field, and
-    nothing is written.
+    The same idempotency key with the same request (symbol, blockchain, address,
+    quantity compared by value, window) returns the same job and never creates a
+    second withdrawal. The same key with a different request raises
+    `IdempotencyConflict` naming the fields that differ. Bad input raises
+    `InvalidRequest` naming each field. In both cases nothing is written.
     """
     settings = config_settings.get()
-    fields: dict[str, Any] = {"symbol": symbol, "blockchain": blockchain, "address": address, "quantity": quantity}
-    for name, value in (("idempotency_key", idempotency_key), ("two_factor_token", two_factor_token),
-                        ("window", window)):
-        if value is not None:
-            fields[name] = value
-    request = parse_request(fields, SafetyLimits(max_quantity=settings.max_quantity,
-                                                 allowed_destinations=settings.allowed_destinations))
+    request = validate_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
+                                  two_factor_token=two_factor_token, window=window, settings=settings)
     key = request.idempotency_key or uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
     inputs = {**request.public_inputs(), "clientId": client_id}
@@ -54,7 +77,7 @@ def submit_withdrawal(
     if request.two_factor_token is not None:
         sealed = twofactor.seal(request.two_factor_token.get_secret_value(), settings.api_key())
     jobs = _store(store)
-    job_id, created = jobs.create(key, client_id, inputs, sealed)
+    job_id, created = jobs.create(key, client_id, inputs, sealed, request=request.fingerprint())
     if created or jobs.require(job_id).state == JobState.QUEUED:
         # Enqueue again when a previous submit crashed before enqueueing; a
         # duplicate chain is harmless (steps are idempotent and leased).

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from bpx_worker.config import settings as config_settings
 from bpx_worker import logs
-from bpx_worker.errors import ConfigurationError, InvalidRequest, JobError
+from bpx_worker.errors import ConfigurationError, IdempotencyConflict, InvalidRequest, JobError
 from bpx_worker.jobs.record import JobRecord
 
 # Named exit codes
@@ -22,12 +23,14 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad input or arguments (click uses 2 too)
 EXIT_NEEDS_REVIEW = 3
 EXIT_NOT_FOUND = 4
+EXIT_CONFLICT = 5  # the idempotency key names a job with a different request; nothing written
 EXIT_CONFIG = 78
 
 STATE_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "needs_review": EXIT_NEEDS_REVIEW}
 STATE_STYLE = {"succeeded": "green", "failed": "red", "needs_review": "yellow", "running": "cyan", "queued": "blue"}
 
 console = Console(highlight=False)
+errors = Console(highlight=False, stderr=True, soft_wrap=True)  # one reason per line, never wrapped
 
 
 def _settings():
@@ -43,14 +46,36 @@ def main() -> None:
     """Run and inspect Backpack balance-checked withdrawals."""
 
 
+def _request_options(key_help: str) -> Callable[[Any], Any]:
+    """The options of one withdrawal request, shared by `submit` and `run-inprocess`."""
+    options = [
+        click.option("--symbol", required=True, help="Asset to withdraw, e.g. USDC."),
+        click.option("--blockchain", required=True, help="Blockchain, e.g. Solana."),
+        click.option("--address", required=True, help="Destination address (2FA-exempt in the address book)."),
+        click.option("--quantity", required=True, help="Decimal string, e.g. 12.5."),
+        click.option("--idempotency-key", help=key_help),
+        click.option("--two-factor-token", envvar="BPX_TWO_FACTOR_TOKEN", help="Read from BPX_TWO_FACTOR_TOKEN if unset."),
+        click.option("--window", help="X-Window in ms (1-60000)."),
+    ]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _refused(exc: InvalidRequest) -> NoReturn:
+    errors.print("[red]refused, nothing was written:[/red]")
+    for name, reason in exc.errors.items():
+        errors.print(f"  {name}: {reason}")
+    sys.exit(EXIT_USAGE)
+
+
 @main.command()
-@click.option("--symbol", required=True, help="Asset to withdraw, e.g. USDC.")
-@click.option("--blockchain", required=True, help="Blockchain, e.g. Solana.")
-@click.option("--address", required=True, help="Destination address (2FA-exempt in the address book).")
-@click.option("--quantity", required=True, help="Decimal string, e.g. 12.5.")
-@click.option("--idempotency-key", help="Same key, same job: a repeated submit never withdraws twice.")
-@click.option("--two-factor-token", envvar="BPX_TWO_FACTOR_TOKEN", help="Read from BPX_TWO_FACTOR_TOKEN if unset.")
-@click.option("--window", type=int, help="X-Window in ms (1-60000).")
+@_request_options("Same key and request, same job: a repeat never withdraws twice; the same key with "
+                  "another request is refused (exit 5).")
 @click.option("--wait/--no-wait", default=False, help="Follow the job until it ends.")
 def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_token, window, wait) -> None:
     """Validate and enqueue one withdrawal; prints the job id."""
@@ -61,13 +86,20 @@ def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_to
         job_id = submit_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
                                    two_factor_token=two_factor_token, window=window)
     except InvalidRequest as exc:
-        console.print("[red]refused, nothing was written:[/red]")
-        for name, reason in exc.errors.items():
-            console.print(f"  {name}: {reason}")
-        sys.exit(EXIT_USAGE)
+        _refused(exc)
+    except IdempotencyConflict as exc:
+        errors.print(f"[red]refused, nothing was written: idempotency key {exc.idempotency_key} already belongs "
+                     f"to job {exc.job_id}, whose request differs:[/red]")
+        for name, (theirs, ours) in exc.differences.items():
+            errors.print(f"  {name}: the job has {_shown(theirs)}, this request has {_shown(ours)}")
+        sys.exit(EXIT_CONFLICT)
     click.echo(job_id)
     if wait:
         sys.exit(follow(job_id))
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
 
 
 @main.command()
@@ -145,21 +177,33 @@ def show_workflow() -> None:
 
 
 @main.command(name="run-inprocess")
-@click.option("--symbol", required=True)
-@click.option("--blockchain", required=True)
-@click.option("--address", required=True)
-@click.option("--quantity", required=True)
-@click.option("--idempotency-key", help="Used to derive the clientId.")
+@_request_options("The clientId is derived from it (a fresh one when unset).")
 @click.option("--seed-only", is_flag=True, help="Run the seed document as published, without the worker's additions.")
-def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, seed_only) -> None:
-    """Run the whole workflow in this process (no Celery, no Redis) and print its outputs."""
+def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, two_factor_token, window, seed_only) -> None:
+    """Run the whole workflow in this process (no Celery, no Redis) and print its outputs.
+
+    The request is validated exactly as `submit` validates it (exit 2, nothing
+    sent); logs go to stderr, the JSON result to stdout.
+    """
     import uuid
 
+    from bpx_worker.exchange import twofactor
+    from bpx_worker.interfaces.api import validate_withdrawal
     from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
 
     s = _settings()
-    inputs = {"symbol": symbol, "blockchain": blockchain, "address": address, "quantity": quantity}
-    result = run_withdrawal_inprocess(s, inputs, idempotency_key or uuid.uuid4().hex, seed_only=seed_only)
+    logs.configure(s.log_level, s.log_format)
+    try:
+        request = validate_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
+                                      two_factor_token=two_factor_token, window=window, settings=s)
+    except InvalidRequest as exc:
+        _refused(exc)
+    sealed = None
+    if request.two_factor_token is not None:
+        # Sealed as submit seals it; the engine opens it right before the withdrawal request.
+        sealed = twofactor.seal(request.two_factor_token.get_secret_value(), s.api_key())
+    result = run_withdrawal_inprocess(s, request.public_inputs(), request.idempotency_key or uuid.uuid4().hex,
+                                      seed_only=seed_only, sealed_2fa=sealed)
     click.echo(json.dumps(result.model_dump(mode="json", include={"state", "outputs", "error"}), indent=2))
     sys.exit(STATE_EXIT.get(result.state, EXIT_FAILED))
 

@@ -10,9 +10,14 @@ Keys (all under the prefix `bpxw:`):
 | `bpxw:job:<id>:fence`        | counter    | fencing token: bumped at every lease grant               |
 | `bpxw:job:<id>:sealed2fa`    | string     | the two-factor token sealed to the worker's key; deleted |
 |                              |            | as soon as the withdrawal request has used it            |
-| `bpxw:idem:<key>`            | string     | idempotency key -> job id, created once with SET NX      |
+| `bpxw:idem:<key>`            | hash       | idempotency key -> `job` (its id) and `request` (the     |
+|                              |            | request's fingerprint, JSON); created with the record    |
 | `bpxw:jobs`                  | sorted set | every job id by creation time (trimmed after retention)  |
 | `bpxw:active`                | sorted set | unfinished job ids by time of their last change          |
+
+A job is created by one script (`_CREATE`): the idempotency key, the record,
+both indexes, the sealed token and the first event are written together or
+not at all, so a submit that dies half-way cannot leave a key naming no job.
 
 Every write to a record after submission is fenced: it happens only while the
 writer's fencing token is still the newest, so a run that paused past its
@@ -26,13 +31,14 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from bpx_worker.errors import JobNotFound, LeaseLost
+from bpx_worker.errors import IdempotencyConflict, JobError, JobNotFound, LeaseLost
 from bpx_worker.jobs.base import Change, Lease
 from bpx_worker.jobs.record import JobRecord
 
@@ -43,6 +49,36 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
 return 0
+"""
+# KEYS: idem, record, events, jobs index, active index, sealed 2FA.
+# ARGV: job id, request fingerprint, record JSON, now, sealed hex ('' for none), record key prefix,
+# now as the event's `at`.
+# Returns {'created'|'existing', job id, the fingerprint stored with the key}.
+_CREATE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'hash' then
+  local existing = redis.call('HGET', KEYS[1], 'job')
+  if existing and redis.call('EXISTS', ARGV[6] .. existing) == 1 then
+    return {'existing', existing, redis.call('HGET', KEYS[1], 'request') or ''}
+  end
+elseif kind == 'string' then
+  -- The older form (the job id alone). With its record it cannot be compared: refuse.
+  if redis.call('EXISTS', ARGV[6] .. redis.call('GET', KEYS[1])) == 1 then
+    return redis.error_reply('idempotency key written by an older version; resubmit under a new key')
+  end
+elseif kind ~= 'none' then
+  return redis.error_reply('idempotency key holds a ' .. kind)
+end
+-- New, or dangling (a key whose record was never written): no step can have run
+-- without the record, so nothing was sent for it, and the key is taken afresh.
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'job', ARGV[1], 'request', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', '1000', '*', 'event', 'queued', 'state', 'queued', 'at', ARGV[7])
+return {'created', ARGV[1], ARGV[2]}
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -82,6 +118,7 @@ class RedisJobStore:
     def __init__(self, client: redis.Redis, retention: int = 7 * 24 * 3600):
         self.redis = client
         self.retention = retention
+        self._create = client.register_script(_CREATE)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
@@ -99,26 +136,34 @@ class RedisJobStore:
     # --- creation ---------------------------------------------------------------------------
 
     def create(self, idempotency_key: str, client_id: str, inputs: dict[str, Any],
-               sealed_2fa: bytes | None = None, batch_id: str | None = None) -> tuple[str, bool]:
-        """Create the job for `idempotency_key` once. Returns (job_id, created)."""
+               sealed_2fa: bytes | None = None, batch_id: str | None = None, *,
+               request: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+        """Create the job for `idempotency_key` once. Returns (job_id, created).
+
+        `request` is the request's fingerprint (`WithdrawalRequest.fingerprint()`),
+        stored with the key. A later call with an equal fingerprint gets the same
+        job back; a different one raises `IdempotencyConflict` naming the fields
+        that differ, and writes nothing. Everything is written in one script.
+        """
+        fingerprint = json.dumps(dict(request or {}), sort_keys=True, separators=(",", ":"))
         job_id = uuid.uuid4().hex
-        if not self.redis.set(idem_key(idempotency_key), job_id, nx=True):
-            existing = self.redis.get(idem_key(idempotency_key))
-            if existing is None:  # expired between the two calls: try again
-                return self.create(idempotency_key, client_id, inputs, sealed_2fa, batch_id)
-            return str(existing), False
         now = time.time()
         record = JobRecord(job_id=job_id, idempotency_key=idempotency_key, client_id=client_id, inputs=inputs,
                            batch_id=batch_id, created_at=now, updated_at=now)
-        with self.redis.pipeline() as pipe:
-            pipe.set(job_key(job_id), record.to_json())
-            pipe.zadd(JOBS_INDEX, {job_id: now})
-            pipe.zadd(ACTIVE_INDEX, {job_id: now})
-            if sealed_2fa is not None:
-                pipe.set(sealed_2fa_key(job_id), sealed_2fa.hex())
-            pipe.xadd(events_key(job_id), _flat({"event": "queued", "state": "queued", "at": now}), maxlen=1000)
-            pipe.execute()
-        return job_id, True
+        keys = [idem_key(idempotency_key), job_key(job_id), events_key(job_id), JOBS_INDEX, ACTIVE_INDEX,
+                sealed_2fa_key(job_id)]
+        args = [job_id, fingerprint, record.to_json(), now, sealed_2fa.hex() if sealed_2fa is not None else "",
+                job_key(""), json.dumps(now)]
+        try:
+            outcome, found, stored = self._create(keys=keys, args=args)
+        except redis.ResponseError as exc:
+            raise JobError(f"idempotency key {idempotency_key!r}: {exc}") from None
+        if outcome == "created":
+            return str(found), True
+        differences = _differences(json.loads(stored) if stored else {}, json.loads(fingerprint))
+        if differences:
+            raise IdempotencyConflict(idempotency_key, str(found), differences)
+        return str(found), False
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -201,6 +246,12 @@ class RedisJobStore:
         for key in (job_key(job_id), events_key(job_id), fence_key(job_id), idem_key(record.idempotency_key)):
             pipe.expire(key, self.retention)
         pipe.delete(sealed_2fa_key(job_id))
+
+
+def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each field whose value differs: (stored, given), in a stable order."""
+    return {name: (stored.get(name), given.get(name)) for name in sorted({*stored, *given})
+            if stored.get(name) != given.get(name)}
 
 
 def _flat(event: dict[str, Any]) -> dict[str, str]:

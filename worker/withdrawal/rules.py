@@ -10,6 +10,7 @@ a job record keeps only the checked symbol's balance.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -97,8 +98,22 @@ def workflow_rules(max_quantity: Mapping[str, Decimal] | None = None,
     )
 
 
+# The keys the request model accepts. Only these are written out plainly.
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PLAIN_PREFIX = "wd-"
+# Starts "wdh", which no plain form can: every plain form starts "wd-".
+HASHED_PREFIX = "wdh-"
+
+
 def client_id(idempotency_key: str) -> str:
-    """The withdrawal's clientId: URL-safe, stable for the key, at most 64 characters."""
-    if all(c.isascii() and (c.isalnum() or c in "-_") for c in idempotency_key) and len(idempotency_key) <= 60:
-        return f"wd-{idempotency_key}"
-    return "wd-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    """The withdrawal's clientId: URL-safe, stable for the key, and different for every key.
+
+    A key the request model accepts is written out plainly, `wd-<key>` (at most
+    67 characters); any other key becomes `wdh-<sha256 of its UTF-8, 64 hex>`.
+    The two forms cannot meet (their third characters differ), the plain form
+    is one-to-one, and the hash is kept whole, so two keys share a clientId only
+    if SHA-256 collides. The exchange allows 255 characters.
+    """
+    if PLAIN_KEY.fullmatch(idempotency_key):
+        return PLAIN_PREFIX + idempotency_key
+    return HASHED_PREFIX + hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
