@@ -44,7 +44,8 @@ def test_bad_quantities_exit_2_before_any_request(stack, sandbox, quantity, reas
 
 def test_the_same_limits_and_address_rules_as_submit_apply(stack, sandbox):
     before = _ledger_counts(sandbox)
-    result = _run(stack, "--symbol", "USDC", "--blockchain", "Solana", "--address", "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48",
+    evm_address = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
+    result = _run(stack, "--symbol", "USDC", "--blockchain", "Solana", "--address", evm_address,
                   "--quantity", "50", "--window", "0", MAX_QUANTITY="USDC=10")
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line.strip() for line in result.stderr.splitlines()]

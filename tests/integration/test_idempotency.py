@@ -9,8 +9,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import redis
 
 from bpx_worker.errors import IdempotencyConflict
 from bpx_worker.interfaces.api import submit_withdrawal, wait_for
-from bpx_worker.jobs.store import ACTIVE_INDEX, JOBS_INDEX, JobStore, events_key, idem_key, job_key
+from bpx_worker.jobs.store import ACTIVE_INDEX, JOBS_INDEX, RedisJobStore, events_key, idem_key, job_key
 from bpx_worker.withdrawal import rules
 from tests.addresses import solana_address
 from tests.integration.test_edge_and_secrets import _idle, _ledger_counts, redis_dump
@@ -44,7 +42,7 @@ def test_same_key_and_same_request_return_the_same_job_even_with_quantity_writte
     again = submit_withdrawal("USDC", "Solana", address, "1.5", idempotency_key=key)
     assert again == first
     record = wait_for(first, timeout=60)
-    assert record["state"] == "succeeded", record["error"]
+    assert record.state == "succeeded", record.error
     # After the job ended the key still answers with it, and nothing is sent again.
     assert submit_withdrawal("USDC", "Solana", address, "1.500000", idempotency_key=key) == first
     assert len(sandbox.withdrawals(rules.client_id(key))) == 1
@@ -59,7 +57,7 @@ def test_the_key_keeps_the_request_fingerprint_and_never_the_token(stack, sandbo
         "request": json.dumps({"address": address, "blockchain": "Solana", "quantity": "2", "symbol": "USDC",
                                "window": 5000}, sort_keys=True, separators=(",", ":")),
     }
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     assert token not in json.dumps(store.redis.hgetall(idem_key(key)))
 
 
@@ -69,7 +67,7 @@ def test_the_key_keeps_the_request_fingerprint_and_never_the_token(stack, sandbo
 def test_same_key_with_a_different_request_is_refused_naming_the_fields_and_writes_nothing(stack, sandbox, store):
     key, address = _key(), solana_address()
     job_id = submit_withdrawal("USDC", "Solana", address, "1", idempotency_key=key)
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     keys_before = _idle(store)
     values_before = _bpxw(store)
     ledger_before = _ledger_counts(sandbox)
@@ -99,16 +97,16 @@ def test_a_conflict_on_a_job_still_running_changes_nothing_either(stack, sandbox
     assert excinfo.value.fields == ("symbol", "window")
     assert store.redis.hgetall(idem_key(key)) == idem_before
     # Its own steps may have moved on meanwhile; the request it carries has not.
-    assert store.require(job_id)["inputs"] == record_before["inputs"]
+    assert store.require(job_id).inputs == record_before.inputs
     sandbox.configure(confirm_delay=0.5)
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     assert [w["quantity"] for w in sandbox.withdrawals(rules.client_id(key))] == ["3"]
 
 
 def test_cli_exits_5_on_a_conflict_naming_both_values_on_stderr(stack, sandbox, store):
     key, address = _key(), solana_address()
     job_id = submit_withdrawal("USDC", "Solana", address, "1", idempotency_key=key)
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     keys_before = _idle(store)
     values_before = _bpxw(store)
     ledger_before = _ledger_counts(sandbox)
@@ -139,7 +137,7 @@ def test_cli_same_key_and_same_request_prints_the_same_job(stack, sandbox):
     )
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert result.stdout.strip() == job_id
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     assert len(sandbox.withdrawals(rules.client_id(key))) == 1
 
 
@@ -150,24 +148,19 @@ class _Died(BaseException):
     """The submitting process stops here: nothing after this point reaches Redis."""
 
 
-@contextmanager
-def _dies_after(sends: int) -> Iterator[None]:
+def _dies_after(monkeypatch: pytest.MonkeyPatch, sends: int) -> None:
     """Let `sends` commands (a pipeline counts as one) reach Redis, then stop the caller."""
-    original = redis.connection.Connection.send_packed_command
+    original = redis.connection.AbstractConnection.send_packed_command
     sent = 0
 
-    def send(self, command, check_health=True):
+    def send(self: redis.connection.AbstractConnection, command: object, check_health: bool = True) -> None:
         nonlocal sent
         if sent >= sends:
             raise _Died()
         sent += 1
-        return original(self, command, check_health)
+        original(self, command, check_health)
 
-    redis.connection.Connection.send_packed_command = send
-    try:
-        yield
-    finally:
-        redis.connection.Connection.send_packed_command = original
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
 
 
 def _job_state(client: redis.Redis, key: str) -> str:
@@ -175,7 +168,7 @@ def _job_state(client: redis.Redis, key: str) -> str:
     kind = client.type(idem_key(key))
     if kind == "none":
         return "none"
-    job_id = client.hget(idem_key(key), "job") if kind == "hash" else client.get(idem_key(key))
+    job_id = str(client.hget(idem_key(key), "job") if kind == "hash" else client.get(idem_key(key)))
     missing = [name for name, present in (
         ("record", client.exists(job_key(job_id))),
         ("jobs index", client.zscore(JOBS_INDEX, job_id) is not None),
@@ -185,19 +178,19 @@ def _job_state(client: redis.Redis, key: str) -> str:
     return "whole" if not missing else "missing " + ", ".join(missing)
 
 
-def test_a_submitter_dying_at_any_point_of_creation_leaves_nothing_or_the_whole_job(stack, sandbox, store):
+def test_a_submitter_dying_at_any_point_of_creation_leaves_nothing_or_the_whole_job(stack, sandbox, store,
+                                                                                     monkeypatch):
     key, address = _key(), solana_address()
-    record = {"client_id": rules.client_id(key), "current_step": None, "steps": {}, "submission": {"attempts": []},
-              "outputs": {}, "error": None,
-              "inputs": {"symbol": "USDC", "blockchain": "Solana", "address": address, "quantity": "5",
-                         "clientId": rules.client_id(key)}}
+    inputs = {"symbol": "USDC", "blockchain": "Solana", "address": address, "quantity": "5",
+              "clientId": rules.client_id(key)}
     fingerprint = {"symbol": "USDC", "blockchain": "Solana", "address": address, "quantity": "5", "window": None}
     states = []
     for sends in range(20):
-        dying = JobStore(redis.Redis.from_url(stack.redis_url, decode_responses=True))
+        dying = RedisJobStore(redis.Redis.from_url(stack.redis_url, decode_responses=True))
         try:
-            with _dies_after(sends):
-                dying.create(key, record, request=fingerprint)
+            with monkeypatch.context() as patch:
+                _dies_after(patch, sends)
+                dying.create(key, rules.client_id(key), inputs, request=fingerprint)
         except _Died:
             states.append(_job_state(store.redis, key))
             continue
@@ -213,7 +206,7 @@ def test_a_submitter_dying_at_any_point_of_creation_leaves_nothing_or_the_whole_
     # submit of the same request enqueues it, and it runs once.
     job_id = submit_withdrawal("USDC", "Solana", address, "5", idempotency_key=key)
     assert job_id == store.redis.hget(idem_key(key), "job")
-    assert wait_for(job_id, timeout=60)["state"] == "succeeded"
+    assert wait_for(job_id, timeout=60).state == "succeeded"
     assert len(sandbox.withdrawals(rules.client_id(key))) == 1
 
 
@@ -229,6 +222,28 @@ def test_a_key_left_naming_no_job_is_taken_afresh_by_the_next_submit(stack, sand
     assert job_id != ghost
     assert store.redis.hget(idem_key(key), "job") == job_id
     record = wait_for(job_id, timeout=60)
-    assert record["state"] == "succeeded", record["error"]
+    assert record.state == "succeeded", record.error
     assert len(sandbox.withdrawals(rules.client_id(key))) == 1
     assert submit_withdrawal("USDC", "Solana", address, "6", idempotency_key=key) == job_id
+
+
+def _legacy_job(store, key: str, address: str, quantity: str) -> str:
+    """A job as the previous version left it: its key a plain string naming the job, no fingerprint."""
+    job_id, _ = store.create(key, rules.client_id(key), {"symbol": "USDC", "blockchain": "Solana", "address": address,
+                                                         "quantity": quantity, "clientId": rules.client_id(key)})
+    store.redis.delete(idem_key(key))
+    store.redis.set(idem_key(key), job_id)
+    return job_id
+
+
+def test_a_key_of_the_previous_version_is_compared_against_its_record(stack, sandbox, store):
+    key, address = _key(), solana_address()
+    job_id = _legacy_job(store, key, address, "7.0")
+    with pytest.raises(IdempotencyConflict) as excinfo:
+        submit_withdrawal("USDC", "Solana", address, "70", idempotency_key=key)
+    assert excinfo.value.differences == {"quantity": ("7.0", "70")}
+    assert store.redis.get(idem_key(key)) == job_id  # left as it was
+    # The same request gets its job, and the job (never enqueued by the "old" submit) runs once.
+    assert submit_withdrawal("USDC", "Solana", address, "7", idempotency_key=key) == job_id
+    assert wait_for(job_id, timeout=60).state == "succeeded"
+    assert len(sandbox.withdrawals(rules.client_id(key))) == 1

@@ -39,12 +39,13 @@ import bpx_worker
 import bpx_worker.config
 
 try:
-    submit_withdrawal("USDC", "Solana", "HostAddr1", "-1")
+    submit_withdrawal("USDC", "Solana", "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG", "-1")
     refused = None
 except InvalidRequest as error:
     refused = sorted(error.errors)
 
-job_id = submit_withdrawal("USDC", "Solana", "HostAddr1", "1", idempotency_key=os.environ["HOST_KEY"])
+job_id = submit_withdrawal("USDC", "Solana", "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG", "1",
+                           idempotency_key=os.environ["HOST_KEY"])
 print(json.dumps({
     "markers": [config.MARKER, config.settings.MARKER, tasks.MARKER],
     "host_files": [sys.modules[name].__file__ for name in ("config", "config.settings", "tasks")],

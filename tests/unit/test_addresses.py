@@ -59,7 +59,8 @@ VALID = {
     "Dogecoin": ["DAcDAtJRztxBHyA6D6h8du1HguyTR43Mas", "DTdrvUHbk5oMyi62tM7LqrjAcXfqB7eaad"],
     "Zcash": ["t1Msw6c7mLQbPnHRyTC6NB3y2U2HjcrHiRM", "t1T6t4H4zerrZRtkPVuu7fgVBCjRjNMY295"],
     "BitcoinCash": [
-        "qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a",  # the CashAddr spec's example (1BpEi6DfDAUFd7GtittLSdBeYJvcoaVggu)
+        # the CashAddr spec's example, 1BpEi6DfDAUFd7GtittLSdBeYJvcoaVggu in legacy form
+        "qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a",
         "qrvcdmgpk73zyfd8pmdl9wnuld36zh9n4gms8s0u59",
         "QPM2QSZNHKS23Z7629MMS6S4CWEF74VCWVY22GDX6A",
     ],
@@ -122,9 +123,11 @@ INVALID = [
     ("XRP", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", "classic XRP address"),
     ("XRP", "rrrrrrrrrrrrrrrrrrrrrhoLvTp", "all-zero hash"),  # ACCOUNT_ZERO
     # Cardano (the invalid strings are from bip_utils' test vectors)
-    ("Cardano", "addr1q9hamruwl3x78q8n6apv5xajjp4rnz40k8hadgw83lm2f7gglc6ae0xz4vr3mv2s67fau2ctn3qlgyre6d69ns5qyyxqujzuv3",
+    ("Cardano",
+     "addr1q9hamruwl3x78q8n6apv5xajjp4rnz40k8hadgw83lm2f7gglc6ae0xz4vr3mv2s67fau2ctn3qlgyre6d69ns5qyyxqujzuv3",
      "checksum"),
-    ("Cardano", "addr1qrgy2x7fadda4ylqe9t0udkwa6ulwuhxuuuclf3sx79hh3nxt6vygfc53zr6vv3fj3f3y335pv34e98paxy5xu9ydmlsk8fgjk",
+    ("Cardano",
+     "addr1qrgy2x7fadda4ylqe9t0udkwa6ulwuhxuuuclf3sx79hh3nxt6vygfc53zr6vv3fj3f3y335pv34e98paxy5xu9ydmlsk8fgjk",
      "mainnet"),
     ("Cardano", "stake1u93wsc8ewn472qw50n06q5vyl843jr3u7lcq7rjc6haacmsfwqcqn", "Shelley address"),
     ("Cardano", "Ae2tdPwUPEZ1RPUDa1v5RpwafGhMWppE19i3Y5sAgKknTHKw6UrvRNcdL6D", "CBOR checksum"),  # bad CRC

@@ -8,13 +8,13 @@ from decimal import Decimal
 from typing import Any
 
 from bpx_worker.config import settings as config_settings
-from bpx_worker.exchange import twofactor
-from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.errors import JobError
+from bpx_worker.exchange import twofactor
 from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.jobs.store import RedisJobStore
 from bpx_worker.tasks.app import job_store
 from bpx_worker.tasks.withdrawal import workflow_chain
+from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.withdrawal.request import SafetyLimits, WithdrawalRequest, parse_request
 
 

@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bpx_worker.config import settings as config_settings
 from bpx_worker import logs
+from bpx_worker.config import settings as config_settings
 from bpx_worker.errors import ConfigurationError, IdempotencyConflict, InvalidRequest, JobError
 from bpx_worker.jobs.record import JobRecord
 
@@ -54,7 +54,8 @@ def _request_options(key_help: str) -> Callable[[Any], Any]:
         click.option("--address", required=True, help="Destination address (2FA-exempt in the address book)."),
         click.option("--quantity", required=True, help="Decimal string, e.g. 12.5."),
         click.option("--idempotency-key", help=key_help),
-        click.option("--two-factor-token", envvar="BPX_TWO_FACTOR_TOKEN", help="Read from BPX_TWO_FACTOR_TOKEN if unset."),
+        click.option("--two-factor-token", envvar="BPX_TWO_FACTOR_TOKEN",
+                     help="Read from BPX_TWO_FACTOR_TOKEN if unset."),
         click.option("--window", help="X-Window in ms (1-60000)."),
     ]
 

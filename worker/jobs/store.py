@@ -32,6 +32,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import redis
@@ -53,7 +54,7 @@ return 0
 # KEYS: idem, record, events, jobs index, active index, sealed 2FA.
 # ARGV: job id, request fingerprint, record JSON, now, sealed hex ('' for none), record key prefix,
 # now as the event's `at`.
-# Returns {'created'|'existing', job id, the fingerprint stored with the key}.
+# Returns {'created'|'existing'|'legacy', job id, the fingerprint stored with the key ('' for legacy)}.
 _CREATE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'hash' then
@@ -62,9 +63,10 @@ if kind == 'hash' then
     return {'existing', existing, redis.call('HGET', KEYS[1], 'request') or ''}
   end
 elseif kind == 'string' then
-  -- The older form (the job id alone). With its record it cannot be compared: refuse.
-  if redis.call('EXISTS', ARGV[6] .. redis.call('GET', KEYS[1])) == 1 then
-    return redis.error_reply('idempotency key written by an older version; resubmit under a new key')
+  -- The older form (the job id alone): compared against the record's inputs instead.
+  local existing = redis.call('GET', KEYS[1])
+  if redis.call('EXISTS', ARGV[6] .. existing) == 1 then
+    return {'legacy', existing, ''}
   end
 elseif kind ~= 'none' then
   return redis.error_reply('idempotency key holds a ' .. kind)
@@ -152,15 +154,24 @@ class RedisJobStore:
                            batch_id=batch_id, created_at=now, updated_at=now)
         keys = [idem_key(idempotency_key), job_key(job_id), events_key(job_id), JOBS_INDEX, ACTIVE_INDEX,
                 sealed_2fa_key(job_id)]
-        args = [job_id, fingerprint, record.to_json(), now, sealed_2fa.hex() if sealed_2fa is not None else "",
-                job_key(""), json.dumps(now)]
+        args: list[str | float] = [job_id, fingerprint, record.to_json(), now,
+                                   sealed_2fa.hex() if sealed_2fa is not None else "", job_key(""), json.dumps(now)]
         try:
             outcome, found, stored = self._create(keys=keys, args=args)
         except redis.ResponseError as exc:
             raise JobError(f"idempotency key {idempotency_key!r}: {exc}") from None
         if outcome == "created":
             return str(found), True
-        differences = _differences(json.loads(stored) if stored else {}, json.loads(fingerprint))
+        given = json.loads(fingerprint)
+        if outcome == "legacy":
+            # A key written before fingerprints were kept: its record's inputs say what was asked.
+            inputs = self.require(str(found)).inputs
+            known = {name: inputs.get(name) for name in given}
+            if _same_amount(known.get("quantity"), given.get("quantity")):
+                known["quantity"] = given.get("quantity")
+        else:
+            known = json.loads(stored) if stored else {}
+        differences = _differences(known, given)
         if differences:
             raise IdempotencyConflict(idempotency_key, str(found), differences)
         return str(found), False
@@ -252,6 +263,13 @@ def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> dict[st
     """Each field whose value differs: (stored, given), in a stable order."""
     return {name: (stored.get(name), given.get(name)) for name in sorted({*stored, *given})
             if stored.get(name) != given.get(name)}
+
+
+def _same_amount(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and Decimal(str(a)) == Decimal(str(b))
+    except InvalidOperation:
+        return False
 
 
 def _flat(event: dict[str, Any]) -> dict[str, str]:

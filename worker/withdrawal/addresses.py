@@ -117,7 +117,7 @@ def _eip55(hex40: str) -> str:
     """The EIP-55 mixed-case form of 40 hex digits."""
     lower = hex40.lower()
     digest = keccak.new(digest_bits=256, data=lower.encode("ascii")).hexdigest()
-    return "".join(ch.upper() if int(nibble, 16) >= 8 else ch for ch, nibble in zip(lower, digest))
+    return "".join(ch.upper() if int(nibble, 16) >= 8 else ch for ch, nibble in zip(lower, digest[:40], strict=True))
 
 
 def evm(address: str) -> str | None:
@@ -202,7 +202,7 @@ def bitcoin_cash(address: str) -> str | None:
     if address.lower() != address and address.upper() != address:
         return bad
     text = address.lower()
-    if not text[:1] in ("q", "p") or any(ch not in bech32_codecs.CHARSET for ch in text):
+    if text[:1] not in ("q", "p") or any(ch not in bech32_codecs.CHARSET for ch in text):
         return bad
     values = bytes(bech32_codecs.CHARSET.index(ch) for ch in text)
     prefix = bytes(ord(ch) & 0x1F for ch in _CASHADDR_PREFIX) + b"\x00"
