@@ -19,6 +19,7 @@ from bpx_worker.config import settings
 from bpx_worker.interfaces.api import submit_withdrawal, wait_for
 from bpx_worker.jobs.record import JobRecord
 from bpx_worker.withdrawal.runtime import run_withdrawal_inprocess
+from tests.addresses import solana_address
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def test_both_paths_end_the_same(stack, sandbox, scenario):
     key = f"inproc-{uuid.uuid4().hex}"
     inprocess = run_withdrawal_inprocess(settings.get(), {**inputs, "address": f"In{uuid.uuid4().hex[:12]}"}, key)
 
-    job_id = submit_withdrawal(**inputs, address=f"Cy{uuid.uuid4().hex[:12]}",
+    job_id = submit_withdrawal(**inputs, address=solana_address(),
                                idempotency_key=f"celery-{uuid.uuid4().hex}")
     celery = wait_for(job_id, timeout=90)
 
