@@ -19,7 +19,7 @@ from bpx_worker.interfaces.api import submit_withdrawal, wait_for
 from bpx_worker.jobs.store import ACTIVE_INDEX, JOBS_INDEX, RedisJobStore, events_key, idem_key, job_key
 from bpx_worker.withdrawal import rules
 from tests.addresses import solana_address
-from tests.integration.test_edge_and_secrets import _idle, _ledger_counts, redis_dump
+from tests.integration.test_edge_and_secrets import _idle, _ledger_counts, _written, redis_dump
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_same_key_with_a_different_request_is_refused_naming_the_fields_and_writ
     assert conflict.fields == ("address", "quantity")
     assert conflict.differences == {"address": (address, other), "quantity": ("1", "999")}
     assert "address, quantity" in str(conflict) and "nothing was written" in str(conflict)
-    assert set(store.redis.keys("*")) == keys_before
+    assert _written(store) == keys_before
     assert _bpxw(store) == values_before
     assert _ledger_counts(sandbox) == ledger_before
 
@@ -122,7 +122,7 @@ def test_cli_exits_5_on_a_conflict_naming_both_values_on_stderr(stack, sandbox, 
     assert any(job_id in line and "nothing was written" in line for line in lines), lines
     assert "quantity: the job has 1, this request has 999" in lines
     assert not any(line.startswith("address:") for line in lines)
-    assert set(store.redis.keys("*")) == keys_before
+    assert _written(store) == keys_before
     assert _bpxw(store) == values_before
     assert _ledger_counts(sandbox) == ledger_before
 
