@@ -9,7 +9,7 @@ each change and why.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ WORKER_ADDITIONS = WORKFLOWS_DIR / "worker-additions.yml"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_yaml(path: Path) -> Any:
     with open(path, "rb") as handle:
-        return yaml.load(handle, Loader=_Loader)
+        return yaml.load(handle, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader (C or Python)
 
 
 def openapi_enum(schema: str, openapi_path: Path | None = None) -> frozenset[str]:

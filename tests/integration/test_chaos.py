@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from devtools.local import local_stack, wait_until
 from bpx_worker.jobs.record import JobRecord
+from devtools.local import local_stack, wait_until
 from tests.addresses import solana_address
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -116,11 +116,11 @@ def _records(job_ids: list[str]) -> dict[str, JobRecord | None]:
     return {job_id: store.get(job_id) for job_id in job_ids}
 
 
-def _await_terminal(job_ids: list[str], timeout: float) -> dict[str, JobRecord | None]:
-    def all_done():
+def _await_terminal(job_ids: list[str], timeout: float) -> dict[str, JobRecord]:
+    def all_done() -> dict[str, JobRecord] | None:
         records = _records(job_ids)
-        return records if all(r and r.state in ("succeeded", "failed", "needs_review") for r in records.values()) \
-            else None
+        ended = {job_id: r for job_id, r in records.items() if r is not None and r.terminal}
+        return ended if len(ended) == len(job_ids) else None
 
     try:
         return wait_until(all_done, timeout, f"{len(job_ids)} jobs to end", interval=0.5)
@@ -128,13 +128,13 @@ def _await_terminal(job_ids: list[str], timeout: float) -> dict[str, JobRecord |
         records = _records(job_ids)
         stuck = [r for r in records.values() if r and r.state not in ("succeeded", "failed", "needs_review")]
         for r in stuck[:5]:
-            print("STUCK", json.dumps({k: r.get(k) for k in ("job_id", "state", "current_step", "updated_at",
-                                                             "steps", "submission")}, default=str))
+            print("STUCK", json.dumps(r.model_dump(mode="json", include={"job_id", "state", "current_step",
+                                                                         "updated_at", "steps"})))
         states = Counter(r.state if r else "missing" for r in records.values())
         raise AssertionError(f"jobs not all terminal after {timeout:g}s: {dict(states)}") from None
 
 
-def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title: str, **figures) -> dict:
+def _check_invariants(stack, job_ids: list[str], records: dict[str, JobRecord], title: str, **figures) -> dict:
     ledger = requests.get(stack.sandbox_url + "/_sandbox/ledger", timeout=10).json()
     withdrawals = ledger["withdrawals"]
     by_client = Counter(w["clientId"] for w in withdrawals)
@@ -144,9 +144,9 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
     not_terminal = [j for j, r in records.items() if r and r.state not in ("succeeded", "failed", "needs_review")]
     duplicates = {c: n for c, n in by_client.items() if n > 1}
     orphans = [w for w in withdrawals if w["clientId"] not in clients]
-    states = Counter(r.state for r in records.values() if r)
+    states = Counter(r.state.value for r in records.values())
     reached_review = sum(1 for r in records.values() if r.state == "needs_review" and by_client[r.client_id])
-    review_codes = dict(Counter(r.error.code for r in records.values() if r.state == "needs_review"))
+    review_codes = dict(Counter(r.error.code for r in records.values() if r.state == "needs_review" and r.error))
 
     problems = []
     for job_id, r in records.items():
@@ -156,7 +156,7 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
             if n != 1 or mine[0]["id"] != r.outputs["withdrawalId"]:
                 problems.append(f"succeeded job {job_id} has {n} withdrawals")
             elif Decimal(mine[0]["quantity"]) != Decimal(r.inputs["quantity"]):
-                problems.append(f"job {job_id}: quantity {mine[0]['quantity']} != {r['inputs']['quantity']}")
+                problems.append(f"job {job_id}: quantity {mine[0]['quantity']} != {r.inputs['quantity']}")
         elif r.state == "failed" and n != 0:
             problems.append(f"failed job {job_id} has {n} withdrawals")
     debited = {sym: START_BALANCES[sym] - Decimal(ledger["balances"].get(sym, {}).get("available", "0"))
@@ -174,7 +174,7 @@ def _check_invariants(stack, job_ids: list[str], records: dict[str, dict], title
     assert not not_terminal, f"jobs not terminal: {not_terminal[:5]}"
     for client_id in duplicates:
         record = records[clients[client_id]]
-        print("DUPLICATE", json.dumps({k: record[k] for k in ("job_id", "state", "steps", "submission", "error")}),
+        print("DUPLICATE", record.model_dump_json(include={"job_id", "state", "steps", "error"}),
               [w for w in withdrawals if w["clientId"] == client_id])
     assert not duplicates, f"withdrawals sent twice: {duplicates}"
     assert not orphans, f"withdrawals without a job: {orphans[:3]}"

@@ -22,15 +22,14 @@ import nacl.signing
 import pytest
 from celery import signals
 
-from tests.addresses import solana_address
-from tests.unit.test_request import BAD
-from bpx_worker.withdrawal import rules as withdrawal
-from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
 from bpx_worker.errors import InvalidRequest, RejectedError
+from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
 from bpx_worker.jobs.store import JOBS_INDEX, sealed_2fa_key
 from bpx_worker.logs import REDACTED, redact
 from bpx_worker.withdrawal.request import parse_request
 from devtools.local import wait_until
+from tests.addresses import solana_address
+from tests.unit.test_request import BAD
 
 # An ED25519 signature is 64 bytes: 88 base64 characters ending in "==".
 SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}==")
@@ -287,7 +286,7 @@ def _wrong_key_withdrawal(stack, token: str) -> tuple[RejectedError, list[str]]:
 
     operation = withdrawal_workflow().step("requestWithdrawal").operation
     impostor = _RecordingSigner(Signer(stack.api_key, nacl.signing.SigningKey.generate()))
-    client = BackpackClient(stack.sandbox_url, impostor)
+    client = BackpackClient(stack.sandbox_url, impostor)  # type: ignore[arg-type]  # records what it signs
     body = {"symbol": "USDC", "blockchain": "Solana", "address": f"Addr{uuid.uuid4().hex[:12]}", "quantity": "1",
             "clientId": f"wrong-{uuid.uuid4().hex[:8]}", "twoFactorToken": token}
     try:
@@ -360,7 +359,7 @@ def test_secrets_never_leave_their_place_after_a_real_run(stack, sandbox, store)
     # Task messages carry the job id and nothing else.
     assert len(published) == 2, published
     chain_tasks = ["withdrawal.requestWithdrawal", "withdrawal.reconcileWithdrawal"]
-    for (body, headers), job_id in zip(published, (with_token, without_token)):
+    for (body, headers), job_id in zip(published, (with_token, without_token), strict=True):
         args, kwargs, embed = body
         assert headers["task"] == "withdrawal.getBalances"
         assert list(args) == [job_id] and kwargs == {}

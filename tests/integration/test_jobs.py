@@ -113,9 +113,9 @@ def test_unknown_job_is_a_clear_error(stack):
 def test_sweep_redispatches_a_job_whose_messages_were_lost(stack, sandbox, store):
     import time
 
+    from bpx_worker.jobs.store import ACTIVE_INDEX, job_key
     from bpx_worker.tasks.withdrawal import sweep
     from bpx_worker.withdrawal import rules as withdrawal
-    from bpx_worker.jobs.store import ACTIVE_INDEX, job_key
 
     key = uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
@@ -144,10 +144,11 @@ def test_cli_status_and_watch_show_the_job(stack, sandbox):
     for step in ("getBalances", "requestWithdrawal", "reconcileWithdrawal"):
         assert step in watched.stdout
     assert "succeeded" in watched.stdout
-    status = subprocess.run([sys.executable, "-m", "bpx_worker.interfaces.cli", "status", job_id, "--json"], env=stack.env(),
+    cli = [sys.executable, "-m", "bpx_worker.interfaces.cli"]
+    status = subprocess.run([*cli, "status", job_id, "--json"], env=stack.env(),
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0
     assert json.loads(status.stdout)["outputs"]["status"] == "confirmed"
-    missing = subprocess.run([sys.executable, "-m", "bpx_worker.interfaces.cli", "status", "no-such-job"], env=stack.env(),
+    missing = subprocess.run([*cli, "status", "no-such-job"], env=stack.env(),
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 4

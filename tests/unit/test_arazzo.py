@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonpatch
 import pytest
 import yaml
+
 from bpx_worker.arazzo import Criterion, RetryOverride, Value, criteria, expressions
 from bpx_worker.arazzo.expressions import Context
 from bpx_worker.arazzo.workflow import (

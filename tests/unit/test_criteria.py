@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from bpx_worker.arazzo import criteria as criteria_module
 from bpx_worker.arazzo import expressions as expressions_module
 from bpx_worker.arazzo.criteria import (
@@ -386,7 +387,7 @@ def test_non_boolean_results_raise(condition, fragment):
 
 def test_condition_must_be_a_string():
     with pytest.raises(CriteriaError, match="must be a string, got int"):
-        evaluate_condition(200, CTX)  # type: ignore[arg-type]
+        evaluate_condition(200, CTX)
 
 
 def test_criteria_error_is_a_workflow_error():
@@ -457,7 +458,7 @@ def test_check_errors(criterion, fragment):
 
 def test_check_needs_a_mapping():
     with pytest.raises(CriteriaError, match="must be an object, got str"):
-        check("$statusCode == 200", CTX)  # type: ignore[arg-type]
+        check("$statusCode == 200", CTX)
 
 
 def test_all_pass_and_failing():

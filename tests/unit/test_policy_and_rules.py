@@ -5,10 +5,10 @@ from decimal import Decimal
 
 import pytest
 
-from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.engine.backoff import Backoff
 from bpx_worker.engine.rules import Verdict
 from bpx_worker.jobs.record import ErrorCode
+from bpx_worker.withdrawal import rules as withdrawal
 
 
 @pytest.mark.parametrize("attempt, expected", [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (10, 10.0)])
@@ -92,7 +92,8 @@ def test_a_looked_up_withdrawal_is_compared_field_by_field_with_quantities_as_de
 
     fields = withdrawal.workflow_rules().lookup[withdrawal.WITHDRAW_OPERATION].fields
     sent = {"symbol": "USDC", "blockchain": "Solana", "address": "Mine", "quantity": "2.5", "clientId": "wd-k"}
-    found = {"symbol": "USDC", "blockchain": "Solana", "toAddress": "Mine", "quantity": "2.50000000", "clientId": "wd-k"}
+    found = {"symbol": "USDC", "blockchain": "Solana", "toAddress": "Mine", "quantity": "2.50000000",
+             "clientId": "wd-k"}
     assert _differences(sent, found, fields) == set()
     assert _differences(sent, {**found, "quantity": "25"}, fields) == {"quantity"}
     assert _differences(sent, {**found, "toAddress": "Theirs", "symbol": "SOL"}, fields) == {"address", "symbol"}

@@ -126,7 +126,8 @@ BAD = [
     ("missing quantity", with_(quantity=MISSING), {"quantity": "required"}),
     ("null symbol", with_(symbol=None), {"symbol": "required"}),
     ("null quantity", with_(quantity=None), {"quantity": "required"}),
-    ("all missing", {}, {"symbol": "required", "blockchain": "required", "address": "required", "quantity": "required"}),
+    ("all missing", {},
+     {"symbol": "required", "blockchain": "required", "address": "required", "quantity": "required"}),
     # symbol
     ("empty symbol", with_(symbol=""), {"symbol": "must not be empty"}),
     ("lowercase symbol", with_(symbol="usdc"), {"symbol": "unknown asset 'usdc' (did you mean 'USDC'?)"}),
