@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _no_contradictions(self) -> "Settings":
+    def _no_contradictions(self) -> Settings:
         problems = contradictions(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -180,7 +180,7 @@ def contradictions(s: Settings) -> list[str]:
         ("RETRY_INITIAL_DELAY", "RETRY_MAX_DELAY", s.retry_initial_delay, s.retry_max_delay),
         ("RECONCILE_INITIAL_DELAY", "RECONCILE_MAX_DELAY", s.reconcile_initial_delay, s.reconcile_max_delay),
     ):
-        if initial > maximum:
+        if initial is not None and initial > maximum:  # RECONCILE_INITIAL_DELAY unset: the document's retryAfter
             problems.append(f"{first} ({initial:g}s) must not exceed {cap} ({maximum:g}s)")
     # A message held past the visibility timeout is delivered again while its step still runs.
     if s.lease_ttl >= s.visibility_timeout:
@@ -199,7 +199,9 @@ def contradictions(s: Settings) -> list[str]:
             "raise LEASE_TTL or lower the timeouts"
         )
     if s.task_time_limit >= s.lease_ttl:
-        problems.append(f"the step's hard time limit ({s.task_time_limit:g}s) must be below LEASE_TTL ({s.lease_ttl:g}s)")
+        problems.append(
+            f"the step's hard time limit ({s.task_time_limit:g}s) must be below LEASE_TTL ({s.lease_ttl:g}s)"
+        )
     for name, value, path in (
         ("BACKPACK_API_KEY", s.backpack_api_key, s.backpack_api_key_file),
         ("BACKPACK_API_SECRET", s.backpack_api_secret, s.backpack_api_secret_file),

@@ -20,10 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -84,7 +85,7 @@ def make_tls_files(directory: Path, host: str = "127.0.0.1") -> TlsFiles:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(common: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
@@ -145,7 +146,7 @@ class PrivateRedis:
         """redis-py options a client needs besides the URL (the CA of a TLS server)."""
         return {"ssl_ca_certs": str(self.tls.ca), "ssl_cert_reqs": "required"} if self.tls else {}
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         listen = ["--port", str(self.port)]
         if self.tls:
@@ -177,7 +178,8 @@ class PrivateRedis:
         return self
 
     def _send_config(self, config: str) -> None:
-        assert self.process is not None and self.process.stdin is not None
+        if self.process is None or self.process.stdin is None:
+            raise RuntimeError("redis-server is not running")
         self.process.stdin.write(config.encode())
         self.process.stdin.close()
 
@@ -220,7 +222,7 @@ class Stack:
         return env
 
     @contextmanager
-    def activated(self, **extra: str) -> Iterator["Stack"]:
+    def activated(self, **extra: str) -> Iterator[Stack]:
         """Point this process's settings, job store and Celery publisher at the stack."""
         from bpx_worker.tasks.app import reload_settings
 
@@ -318,8 +320,9 @@ def local_stack(
             tls = make_tls_files(base / "tls") if redis_tls else None
             password = secrets.token_urlsafe(18) if redis_password else None
             private = PrivateRedis(base / "redis", password=password, tls=tls).start()
+            redis_url = private.url
         stack = Stack(
-            redis_url=redis_url or private.url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
+            redis_url=redis_url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
             secret_file=secret_file, directory=base, redis=private, sandbox_args=list(sandbox_args or []),
             redis_ca_file=private.tls.ca if private and private.tls else None,
         )

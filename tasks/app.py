@@ -35,7 +35,8 @@ INTERACTIVE_RETRIES = 1
 
 def refuse_to_start(exc: ConfigurationError) -> NoReturn:
     """One line on stderr naming the bad variable, then exit 78."""
-    print(f"bpx-worker: refusing to start: {logs.hide_credentials(str(exc))}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"bpx-worker: refusing to start: {logs.hide_credentials(str(exc))}\n")
+    sys.stderr.flush()
     raise SystemExit(EX_CONFIG)
 
 

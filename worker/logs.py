@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -20,7 +21,7 @@ def hide_credentials(text: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>***", text)
 
 
-def scrub_urls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def scrub_urls(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """Hide URL passwords in every string of the event, including a rendered traceback."""
     return {k: _scrub(v) for k, v in event.items()}
 

@@ -75,8 +75,8 @@ def test_a_worker_without_usable_keys_refuses_to_start_naming_the_variable(redis
     env_extra, variable = _key_cases(tmp_path)[case]
     # A reachable Redis: a worker that wrongly started would connect and report ready.
     env = clean_env(REDIS_URL=redis_with_password.url, **env_extra)
-    argv = (CELERY + ["worker", "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
-            if entry == "celery worker" else CLI + ["worker", "--concurrency", "1"])
+    argv = ([*CELERY, "worker", "--concurrency", "1", "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
+            if entry == "celery worker" else [*CLI, "worker", "--concurrency", "1"])
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
@@ -110,7 +110,7 @@ def _commands() -> list[list[str]]:
 def test_a_command_with_redis_down_prints_one_line_and_exits_service_unavailable(command):
     signer, _ = Signer.generate()
     env = clean_env(REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0", BACKPACK_API_KEY=signer.api_key)
-    result = run(CLI + command, env)
+    result = run([*CLI, *command], env)
     assert result.returncode == 69, result.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -148,7 +148,7 @@ def silent_server() -> Iterator[int]:
 def test_a_command_gives_up_on_a_silent_redis_instead_of_riding_it_out(silent_server):
     # The workers' store would retry 15 times with a 10 s socket timeout; a command must not.
     env = clean_env(REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{silent_server}/0")
-    result = run(CLI + ["status", "some-job"], env, timeout=60)
+    result = run([*CLI, "status", "some-job"], env, timeout=60)
     assert result.returncode == 69, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert PASSWORD not in result.stderr
@@ -159,7 +159,7 @@ def test_a_command_gives_up_on_a_silent_redis_instead_of_riding_it_out(silent_se
     ({"REDIS_URL": f"http://:{PASSWORD}@127.0.0.1:1/0"}, "REDIS_URL"),
     ({"VISIBILITY_TIMEOUT": "5"}, "VISIBILITY_TIMEOUT"),
 ])
-@pytest.mark.parametrize("command", [CLI + ["status", "some-job"], CELERY + ["beat"], CELERY + ["worker"]],
+@pytest.mark.parametrize("command", [[*CLI, "status", "some-job"], [*CELERY, "beat"], [*CELERY, "worker"]],
                          ids=["bpx-worker status", "celery beat", "celery worker"])
 def test_bad_configuration_exits_78_naming_the_variable(command, env, variable):
     result = run(command, clean_env(**env))
@@ -172,21 +172,21 @@ def test_bad_configuration_exits_78_naming_the_variable(command, env, variable):
 
 
 def test_flower_refuses_to_start_without_a_login(redis_with_password):
-    result = run(CLI + ["flower", "--port", str(free_port())], clean_env(REDIS_URL=redis_with_password.url))
+    result = run([*CLI, "flower", "--port", str(free_port())], clean_env(REDIS_URL=redis_with_password.url))
     assert result.returncode == 78
     assert "FLOWER_BASIC_AUTH" in result.stderr
 
 
 def test_flower_refuses_a_malformed_login(redis_with_password):
     env = clean_env(REDIS_URL=redis_with_password.url, FLOWER_BASIC_AUTH="admin")
-    result = run(CLI + ["flower", "--port", str(free_port())], env)
+    result = run([*CLI, "flower", "--port", str(free_port())], env)
     assert result.returncode == 78 and "FLOWER_BASIC_AUTH" in result.stderr
 
 
 def test_flower_listens_on_loopback_only_and_asks_for_the_generated_login(redis_with_password):
     pytest.importorskip("flower")
     port = free_port()
-    process = subprocess.Popen(CLI + ["flower", "--port", str(port), "--generate-auth"],
+    process = subprocess.Popen([*CLI, "flower", "--port", str(port), "--generate-auth"],
                                env=clean_env(REDIS_URL=redis_with_password.url), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

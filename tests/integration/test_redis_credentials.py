@@ -25,7 +25,7 @@ SOLANA_ADDRESS = "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG"
 
 
 def cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(CLI + list(args), env=stack.env(**WORKER_ENV, **env), capture_output=True, text=True,
+    return subprocess.run([*CLI, *args], env=stack.env(**WORKER_ENV, **env), capture_output=True, text=True,
                           timeout=120)
 
 
@@ -126,7 +126,7 @@ def test_a_job_runs_end_to_end_on_a_tls_redis(tls_stack):
 
     with tls_stack.activated(**WORKER_ENV):
         job_id = submit_withdrawal("USDC", "Solana", SOLANA_ADDRESS, "2", idempotency_key=f"tls-{uuid.uuid4().hex}")
-        assert wait_for(job_id, timeout=90)["state"] == "succeeded"
+        assert wait_for(job_id, timeout=90).state.value == "succeeded"
     status = cli(tls_stack, "status", job_id, "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["outputs"]["status"] == "confirmed"
@@ -152,7 +152,7 @@ def test_beat_sends_the_sweep_over_tls(tls_stack):
 def test_a_tls_redis_is_refused_without_its_ca(tls_stack):
     env = tls_stack.env(**WORKER_ENV)
     env.pop("REDIS_CA_FILE")
-    result = subprocess.run(CLI + ["status", "some-job"], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*CLI, "status", "some-job"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 69, result.stderr
     assert "certificate verify failed" in result.stderr
     assert tls_stack.redis.password not in result.stderr

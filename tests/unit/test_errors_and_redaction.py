@@ -15,7 +15,8 @@ import structlog
 from bpx_worker import logs
 from bpx_worker.errors import JobError, ServiceUnavailable, WorkerError
 from bpx_worker.interfaces import cli
-from bpx_worker.jobs.store import JobStore, Lease
+from bpx_worker.jobs.base import Lease
+from bpx_worker.jobs.store import RedisJobStore
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PASSWORD = "pw-Never-Shown-42"
@@ -31,22 +32,22 @@ def closed_port() -> int:
 
 
 def test_every_public_store_method_is_behind_the_error_mapping():
-    public = [name for name, member in vars(JobStore).items()
+    public = [name for name, member in vars(RedisJobStore).items()
               if not name.startswith("_") and inspect.isfunction(member)]
     assert public, "JobStore has public methods"
     for name in public:
-        assert hasattr(getattr(JobStore, name), "__wrapped__"), f"JobStore.{name} lets redis errors through"
+        assert hasattr(getattr(RedisJobStore, name), "__wrapped__"), f"RedisJobStore.{name} lets redis errors through"
 
 
 @pytest.fixture
-def unreachable_store() -> JobStore:
-    return JobStore.from_url(f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0", 60, 1.0, retries=0)
+def unreachable_store() -> RedisJobStore:
+    return RedisJobStore.from_url(f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0", 60, 1.0, retries=0)
 
 
 @pytest.mark.parametrize("call", [
     lambda s: s.get("j"),
     lambda s: s.require("j"),
-    lambda s: s.create("k", {"inputs": {}}),
+    lambda s: s.create("k", "wd-k", {}),
     lambda s: s.events("j"),
     lambda s: s.stalled(10),
     lambda s: s.acquire("j", 5),
@@ -78,7 +79,7 @@ def test_the_readme_exit_code_table_mirrors_the_cli():
 
 def test_exit_codes_are_distinct_and_service_unavailable_is_not_failed():
     codes = [cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_NEEDS_REVIEW, cli.EXIT_NOT_FOUND,
-             cli.EXIT_UNAVAILABLE, cli.EXIT_SOFTWARE, cli.EXIT_CONFIG]
+             cli.EXIT_CONFLICT, cli.EXIT_UNAVAILABLE, cli.EXIT_SOFTWARE, cli.EXIT_CONFIG]
     assert len(set(codes)) == len(codes) and set(codes) == set(cli.EXIT_CODES)
     assert (cli.EXIT_UNAVAILABLE, cli.EXIT_CONFIG) == (69, 78)
 

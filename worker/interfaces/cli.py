@@ -26,7 +26,11 @@ from rich.table import Table
 from bpx_worker import logs
 from bpx_worker.config import settings as config_settings
 from bpx_worker.errors import (
-    ConfigurationError, IdempotencyConflict, InvalidRequest, JobNotFound, ServiceUnavailable,
+    ConfigurationError,
+    IdempotencyConflict,
+    InvalidRequest,
+    JobNotFound,
+    ServiceUnavailable,
 )
 from bpx_worker.jobs.record import JobRecord
 from bpx_worker.jobs.store import RedisJobStore
@@ -245,7 +249,7 @@ def flower(ctx: click.Context, address: str, port: int, generate_auth: bool, no_
             f"--address={address}", f"--port={port}", *ctx.args]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, env)
+    os.execve(sys.executable, argv, env)  # noqa: S606 - argv is ours; replacing this process is the point
 
 
 def _flower_login(configured: str | None, generate: bool, none: bool) -> str | None:
