@@ -86,12 +86,13 @@ def signer() -> Signer:
 
 
 def check_worker_config() -> None:
-    """What a worker needs before it takes a message: settings and a matching key pair.
+    """What a worker needs before it takes a message: settings, a matching key pair, a usable exchange URL.
 
-    Raises ConfigurationError naming the variable; nothing is connected to.
+    Raises ConfigurationError naming the variable. Building the engine connects to nothing.
     """
     config_settings.get()
     signer()
+    step_engine()
 
 
 @lru_cache(maxsize=1)

@@ -65,11 +65,14 @@ def _key_cases(tmp: Path) -> dict[str, tuple[dict[str, str], str]]:
                            "BACKPACK_API_KEY"),
         "key of another secret": ({"BACKPACK_API_KEY": other.api_key, "BACKPACK_API_SECRET_FILE": str(secret_file)},
                                   "BACKPACK_API_KEY / BACKPACK_API_SECRET"),
+        "exchange URL not http": ({"BACKPACK_API_KEY": signer.api_key, "BACKPACK_API_SECRET_FILE": str(secret_file),
+                                   "BACKPACK_BASE_URL": "exchange.example/api"}, "BACKPACK_BASE_URL"),
     }
 
 
 @pytest.mark.parametrize("entry", ["celery worker", "bpx-worker worker"])
-@pytest.mark.parametrize("case", ["no keys", "secret file missing", "key not base64", "key of another secret"])
+@pytest.mark.parametrize("case", ["no keys", "secret file missing", "key not base64", "key of another secret",
+                                  "exchange URL not http"])
 def test_a_worker_without_usable_keys_refuses_to_start_naming_the_variable(redis_with_password, tmp_path, entry,
                                                                            case):
     env_extra, variable = _key_cases(tmp_path)[case]
