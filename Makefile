@@ -40,8 +40,9 @@ sandbox: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/bpx-worker worker
 
+## flower: Flower on 127.0.0.1:5555; needs FLOWER_BASIC_AUTH=user:password (or: make flower FLOWER_ARGS=--generate-auth)
 flower: $(STAMP)
-	$(BIN)/celery -A bpx_worker.tasks.app flower
+	$(BIN)/bpx-worker flower $(FLOWER_ARGS)
 
 ## lint: ruff, mypy (strict on the Arazzo core, the engine and the job store), the import contracts and
 ## a list of import cycles. All of them run (make -k); the target fails if any of them fails.

@@ -21,9 +21,14 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         "socket_connect_timeout": s.redis_socket_timeout,
         "health_check_interval": 25,
     }
+    # rediss://: the same verified TLS for the broker and the result backend (Celery
+    # refuses a rediss:// URL without ssl_cert_reqs).
+    tls = s.redis_ssl_options()
     return {
         "broker_url": s.redis_url,
         "result_backend": s.redis_url,
+        "broker_use_ssl": tls or False,
+        "redis_backend_use_ssl": tls or None,
         # Redis redelivers a message not acked within the visibility timeout. It is
         # set in all three places Celery reads it (celery #7651), and Settings
         # refuses any retry or poll countdown that is not below it, so a waiting
@@ -57,8 +62,8 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": 10.0,
         "worker_enable_soft_shutdown_on_idle": True,
         # A step never outlives its lease: the hard limit kills it first.
-        "task_soft_time_limit": max(1, int(s.lease_ttl * 0.6)),
-        "task_time_limit": max(2, int(s.lease_ttl * 0.8)),
+        "task_soft_time_limit": s.task_soft_time_limit,
+        "task_time_limit": s.task_time_limit,
         "task_default_queue": QUEUE,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -8,25 +8,42 @@ class.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ssl
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing import Annotated
 
 from bpx_worker.errors import ConfigurationError
 
 DEV_SANDBOX_URL = "http://127.0.0.1:8765"
 PRODUCTION_URL = "https://api.backpack.exchange"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# A step's Celery time limits, as fractions of LEASE_TTL: the soft limit stops the
+# step's own code, the hard limit kills the process, both before the lease expires
+# and another run of the step may take the job.
+SOFT_LIMIT_SHARE = 0.6
+HARD_LIMIT_SHARE = 0.8
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    # Where things are
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker, result store and job records.")
+    # Where things are. The URL may carry credentials (redis://user:password@host): kept out of repr.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False, description="Broker, result store and job records.")
+    # TLS (rediss:// only): the CA that signed the server's certificate (else the system's CAs),
+    # and a client certificate and key when the server asks for one.
+    redis_ca_file: FilePath | None = None
+    redis_cert_file: FilePath | None = None
+    redis_key_file: FilePath | None = None
     backpack_base_url: str = Field(DEV_SANDBOX_URL, description="Exchange base URL; production is " + PRODUCTION_URL)
 
     # Keys: the API key is the base64 ED25519 verifying key, the secret the base64 32-byte seed.
@@ -77,6 +94,22 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("console", pattern="^(console|json)$")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        # The message never repeats the URL: it may hold a password.
+        scheme = urlsplit(value).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in REDIS_SCHEMES)}, got {scheme!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
     @field_validator("max_quantity", mode="before")
     @classmethod
     def _parse_limits(cls, value: object) -> object:
@@ -95,36 +128,121 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _countdowns_below_visibility_timeout(self) -> "Settings":
-        # A countdown longer than the visibility timeout makes Redis redeliver the
-        # retry message while a worker still holds it: it would then run twice.
-        longest = max(self.retry_max_delay, self.reconcile_max_delay)
-        if longest >= self.visibility_timeout:
-            raise ValueError(
-                f"retry/reconcile max delay ({longest}s) must be below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)"
-            )
-        if self.lease_ttl >= self.visibility_timeout:
-            raise ValueError(f"LEASE_TTL ({self.lease_ttl}s) must be below VISIBILITY_TIMEOUT")
-        if self.stall_after <= self.visibility_timeout:
-            raise ValueError(f"STALL_AFTER ({self.stall_after}s) must exceed VISIBILITY_TIMEOUT")
+    def _no_contradictions(self) -> Settings:
+        problems = contradictions(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
+    @property
+    def task_soft_time_limit(self) -> float:
+        """Seconds after which a step's code is interrupted (Celery soft time limit)."""
+        return round(self.lease_ttl * SOFT_LIMIT_SHARE, 3)
+
+    @property
+    def task_time_limit(self) -> float:
+        """Seconds after which a step's process is killed (Celery hard time limit)."""
+        return round(self.lease_ttl * HARD_LIMIT_SHARE, 3)
+
+    def redis_ssl_options(self) -> dict[str, Any]:
+        """TLS options for rediss:// (redis-py keyword arguments, also Celery's `broker_use_ssl`); {} otherwise.
+
+        The server's certificate is always verified; there is no setting to turn that off.
+        """
+        if urlsplit(self.redis_url).scheme != "rediss":
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.redis_ca_file is not None:
+            options["ssl_ca_certs"] = str(self.redis_ca_file)
+        if self.redis_cert_file is not None:
+            options["ssl_certfile"] = str(self.redis_cert_file)
+            options["ssl_keyfile"] = str(self.redis_key_file)
+        return options
+
     def api_key(self) -> str:
+        """The base64 ED25519 public key; ConfigurationError naming the variable when unset or malformed."""
         return _secret(self.backpack_api_key, self.backpack_api_key_file, "BACKPACK_API_KEY")
 
     def api_secret(self) -> str:
+        """The base64 32-byte seed; ConfigurationError naming the variable when unset or malformed."""
         return _secret(self.backpack_api_secret, self.backpack_api_secret_file, "BACKPACK_API_SECRET")
 
 
+def contradictions(s: Settings) -> list[str]:
+    """Settings that are each valid but cannot work together, one message per pair, naming the variables."""
+    problems: list[str] = []
+    # A countdown longer than the visibility timeout makes Redis redeliver the
+    # retry message while a worker still holds it: it would then run twice.
+    for name, delay in (("RETRY_MAX_DELAY", s.retry_max_delay), ("RECONCILE_MAX_DELAY", s.reconcile_max_delay)):
+        if delay >= s.visibility_timeout:
+            problems.append(f"{name} ({delay:g}s) must be below VISIBILITY_TIMEOUT ({s.visibility_timeout}s)")
+    for first, cap, initial, maximum in (
+        ("RETRY_INITIAL_DELAY", "RETRY_MAX_DELAY", s.retry_initial_delay, s.retry_max_delay),
+        ("RECONCILE_INITIAL_DELAY", "RECONCILE_MAX_DELAY", s.reconcile_initial_delay, s.reconcile_max_delay),
+    ):
+        if initial is not None and initial > maximum:  # RECONCILE_INITIAL_DELAY unset: the document's retryAfter
+            problems.append(f"{first} ({initial:g}s) must not exceed {cap} ({maximum:g}s)")
+    # A message held past the visibility timeout is delivered again while its step still runs.
+    if s.lease_ttl >= s.visibility_timeout:
+        problems.append(f"LEASE_TTL ({s.lease_ttl:g}s) must be below VISIBILITY_TIMEOUT ({s.visibility_timeout}s)")
+    # The sweep must not re-dispatch a job whose message Redis is about to redeliver anyway.
+    if s.stall_after <= s.visibility_timeout:
+        problems.append(f"STALL_AFTER ({s.stall_after:g}s) must exceed VISIBILITY_TIMEOUT ({s.visibility_timeout}s)")
+    # One HTTP request must fit in the step's soft time limit, or the limit interrupts a
+    # request that the exchange may be processing; the hard limit must end the step
+    # before its lease lets another run of it start.
+    http = s.http_connect_timeout + s.http_read_timeout
+    if http >= s.task_soft_time_limit:
+        problems.append(
+            f"HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT ({http:g}s) must be below the step's soft time limit "
+            f"({s.task_soft_time_limit:g}s, {SOFT_LIMIT_SHARE:.0%} of LEASE_TTL={s.lease_ttl:g}s): "
+            "raise LEASE_TTL or lower the timeouts"
+        )
+    if s.task_time_limit >= s.lease_ttl:
+        problems.append(
+            f"the step's hard time limit ({s.task_time_limit:g}s) must be below LEASE_TTL ({s.lease_ttl:g}s)"
+        )
+    for name, value, path in (
+        ("BACKPACK_API_KEY", s.backpack_api_key, s.backpack_api_key_file),
+        ("BACKPACK_API_SECRET", s.backpack_api_secret, s.backpack_api_secret_file),
+    ):
+        if value is not None and path is not None:
+            problems.append(f"set {name} or {name}_FILE, not both")
+    tls_files = [n for n, v in (("REDIS_CA_FILE", s.redis_ca_file), ("REDIS_CERT_FILE", s.redis_cert_file),
+                                ("REDIS_KEY_FILE", s.redis_key_file)) if v is not None]
+    if tls_files and urlsplit(s.redis_url).scheme != "rediss":
+        problems.append(f"{', '.join(tls_files)} set but REDIS_URL is not rediss:// (TLS)")
+    if (s.redis_cert_file is None) != (s.redis_key_file is None):
+        problems.append("REDIS_CERT_FILE and REDIS_KEY_FILE go together")
+    return problems
+
+
 def _secret(value: SecretStr | None, path: Path | None, name: str) -> str:
+    # Messages name the variable and never hold the value.
     if value is not None:
-        return value.get_secret_value().strip()
+        return _key_format(value.get_secret_value().strip(), name)
     if path is not None:
         try:
-            return path.read_text().strip()
+            text = path.read_text().strip()
         except OSError as exc:
             raise ConfigurationError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
-    raise ConfigurationError(f"set {name} or {name}_FILE")
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{name}_FILE: {path} is not text (expected base64)") from None
+        return _key_format(text, f"{name}_FILE")
+    raise ConfigurationError(f"{name}: not set (set {name} or {name}_FILE)")
+
+
+def _key_format(text: str, name: str) -> str:
+    """The key unchanged when it is base64 of 32 bytes (an ED25519 key or seed)."""
+    if not text:
+        raise ConfigurationError(f"{name}: empty")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(f"{name}: not valid base64") from None
+    if len(raw) != 32:
+        raise ConfigurationError(f"{name}: must be base64 of 32 bytes, got {len(raw)}")
+    return text
 
 
 def load() -> Settings:
@@ -132,10 +250,15 @@ def load() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
+        # Each message names its variable; the input itself is never repeated (it may be a secret).
+        problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigurationError(f"bad configuration: {problems}") from None
+
+
+def _describe(err: Any) -> str:
+    message = str(err["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(p) for p in err["loc"]).upper()
+    return f"{where}: {message}" if where else message
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ import uuid
 
 from rich.console import Console
 
+from bpx_worker.logs import hide_credentials
 from devtools.local import local_stack
 
 # Well-formed Solana addresses that nobody controls (the sandbox moves nothing).
@@ -28,7 +29,7 @@ def run_demo(console: Console) -> int:
         from bpx_worker.interfaces.api import get_job, submit_withdrawal
         from bpx_worker.interfaces.cli import follow, show
 
-        console.print(f"redis {stack.redis_url}   sandbox {stack.sandbox_url}   worker started\n")
+        console.print(f"redis {hide_credentials(stack.redis_url)}   sandbox {stack.sandbox_url}   worker started\n")
         outcomes = []
         for title, request in SCENARIOS:
             console.rule(title)

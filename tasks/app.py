@@ -1,9 +1,15 @@
-"""The Celery application and the process-wide objects the tasks share."""
+"""The Celery application and the process-wide objects the tasks share.
+
+Start-up checks: a `celery -A bpx_worker.tasks.app ...` command with unusable
+settings, and a worker without usable keys, print one line naming the variable
+and exit 78 (EX_CONFIG) before connecting to anything.
+"""
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from celery import Celery, signals
@@ -12,26 +18,81 @@ from bpx_worker import logs
 from bpx_worker.config import settings as config_settings
 from bpx_worker.config.celery import celery_settings
 from bpx_worker.engine.engine import StepEngine
+from bpx_worker.errors import ConfigurationError
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer
 from bpx_worker.jobs.store import RedisJobStore
 from bpx_worker.withdrawal.runtime import build_engine
 
+EX_CONFIG = 78  # sysexits.h; the CLI's table of exit codes says the same
+
+# Interactive commands (the CLI) give up on an unreachable or silent Redis within
+# seconds; the read timeout leaves room for `watch`'s 2 s blocking reads.
+INTERACTIVE_CONNECT_TIMEOUT = 2.0
+INTERACTIVE_READ_TIMEOUT = 5.0
+INTERACTIVE_RETRIES = 1
+
+
+def refuse_to_start(exc: ConfigurationError) -> NoReturn:
+    """One line on stderr naming the bad variable, then exit 78."""
+    sys.stderr.write(f"bpx-worker: refusing to start: {logs.hide_credentials(str(exc))}\n")
+    sys.stderr.flush()
+    raise SystemExit(EX_CONFIG)
+
+
+def _loaded_by_celery_command() -> bool:
+    # `celery -A bpx_worker.tasks.app ...` imports its CLI before loading the app; an
+    # application importing this module (the Python API) gets the exception instead.
+    return "celery.bin.celery" in sys.modules
+
+
+try:
+    _settings = config_settings.get()
+except ConfigurationError as _exc:
+    if _loaded_by_celery_command():
+        refuse_to_start(_exc)
+    raise
+
 app = Celery("withdrawal")
-app.config_from_object(celery_settings(config_settings.get()))
+app.config_from_object(celery_settings(_settings))
 app.conf.include = ["bpx_worker.tasks.withdrawal"]
 
 
 @lru_cache(maxsize=1)
 def job_store() -> RedisJobStore:
+    """The store workers use: it rides out a short Redis restart."""
     s = config_settings.get()
-    return RedisJobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout)
+    return RedisJobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout, **s.redis_ssl_options())
+
+
+@lru_cache(maxsize=1)
+def interactive_job_store() -> RedisJobStore:
+    """The store commands use: an unreachable Redis raises ServiceUnavailable within seconds."""
+    s = config_settings.get()
+    return RedisJobStore.from_url(
+        s.redis_url, s.job_retention, INTERACTIVE_READ_TIMEOUT, retries=INTERACTIVE_RETRIES,
+        connect_timeout=INTERACTIVE_CONNECT_TIMEOUT, **s.redis_ssl_options(),
+    )
 
 
 @lru_cache(maxsize=1)
 def signer() -> Signer:
     s = config_settings.get()
-    return Signer.from_secret(s.api_key(), s.api_secret())
+    api_key, api_secret = s.api_key(), s.api_secret()
+    try:
+        return Signer.from_secret(api_key, api_secret)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"BACKPACK_API_KEY / BACKPACK_API_SECRET: {exc}") from None
+
+
+def check_worker_config() -> None:
+    """What a worker needs before it takes a message: settings, a matching key pair, a usable exchange URL.
+
+    Raises ConfigurationError naming the variable. Building the engine connects to nothing.
+    """
+    config_settings.get()
+    signer()
+    step_engine()
 
 
 @lru_cache(maxsize=1)
@@ -53,7 +114,7 @@ def reload_settings() -> None:
     app.conf.update(celery_settings(config_settings.get()))
     # Publish through a pool built from the new broker URL (Celery has no public way to rebuild it).
     app.amqp._producer_pool = None  # type: ignore[attr-defined]
-    for cached in (job_store, signer, step_engine, unconfigured_engine):
+    for cached in (job_store, interactive_job_store, signer, step_engine, unconfigured_engine):
         cached.cache_clear()
 
 
@@ -61,6 +122,16 @@ def reload_settings() -> None:
 def _setup_logging(**_: object) -> None:
     s = config_settings.get()
     logs.configure(s.log_level, s.log_format)
+
+
+@signals.worker_init.connect
+def _check_before_ready(**_: object) -> None:
+    # Runs in the worker's main process before it connects or says "ready": a worker
+    # that cannot sign would take every message only to fail it.
+    try:
+        check_worker_config()
+    except ConfigurationError as exc:
+        refuse_to_start(exc)
 
 
 @signals.task_prerun.connect

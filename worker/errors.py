@@ -4,6 +4,7 @@
     ├── ConfigurationError      settings or keys unusable; raised at start
     │   └── UnsendableRequest   a request that cannot be put on the wire as built (URL, header,
     │                           proxy, body); certainly nothing was sent
+    ├── ServiceUnavailable      Redis cannot be reached, refused the credentials or timed out
     ├── InvalidRequest          a withdrawal request refused at the edge (names each field)
     ├── IdempotencyConflict     an idempotency key reused for a different request (names the fields)
     ├── WorkflowError           the Arazzo document or its evaluation
@@ -40,6 +41,10 @@ class UnsendableRequest(ConfigurationError):
     An invalid base URL, proxy URL, header value or body is a fault of the
     settings or of the document, not of the exchange: retrying cannot help.
     """
+
+
+class ServiceUnavailable(WorkerError):
+    """A service the call needs (Redis) cannot be reached or refused us. The message never holds credentials."""
 
 
 class InvalidRequest(WorkerError):

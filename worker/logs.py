@@ -5,12 +5,35 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
 _SECRET_KEYS = re.compile(r"secret|signature|token|password|x-api-key|authorization", re.IGNORECASE)
 REDACTED = "[redacted]"
+# The password of a URL: scheme://[user]:<password>@host
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S+(?=@)", re.IGNORECASE)
+
+
+def hide_credentials(text: str) -> str:
+    """`text` with the password of every URL in it replaced (redis://user:pw@host -> redis://user:***@host)."""
+    return _URL_PASSWORD.sub(r"\g<head>***", text)
+
+
+def scrub_urls(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Hide URL passwords in every string of the event, including a rendered traceback."""
+    return {k: _scrub(v) for k, v in event.items()}
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return hide_credentials(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(item) for item in value)
+    return value
 
 
 def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +76,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                scrub_urls,
                 renderer,
             ],
         )

@@ -42,6 +42,7 @@ CHAOS_ENV = {
     "RECONCILE_DEADLINE": "120",
     "LOOKUP_DEADLINE": "8",
     "HTTP_READ_TIMEOUT": "1.5",
+    "HTTP_CONNECT_TIMEOUT": "1",  # connect + read must fit in the soft time limit (60 % of LEASE_TTL)
     "LEASE_TTL": "6",
     "VISIBILITY_TIMEOUT": "10",
     "STALL_AFTER": "15",

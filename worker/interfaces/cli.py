@@ -1,47 +1,121 @@
-"""`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker."""
+"""`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker and Flower.
+
+Results go to stdout, errors to stderr as one line (no traceback), and the exit
+code says what happened: see `EXIT_CODES`, mirrored in the README.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import secrets
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+import kombu.exceptions
+import redis
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bpx_worker import logs
 from bpx_worker.config import settings as config_settings
-from bpx_worker.errors import ConfigurationError, IdempotencyConflict, InvalidRequest, JobError
+from bpx_worker.errors import (
+    ConfigurationError,
+    IdempotencyConflict,
+    InvalidRequest,
+    JobNotFound,
+    ServiceUnavailable,
+)
 from bpx_worker.jobs.record import JobRecord
+from bpx_worker.jobs.store import RedisJobStore
 
-# Named exit codes
+# The exit codes of every command: one table, mirrored in the README.
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2  # bad input or arguments (click uses 2 too)
+EXIT_USAGE = 2  # click uses 2 for bad arguments too
 EXIT_NEEDS_REVIEW = 3
 EXIT_NOT_FOUND = 4
-EXIT_CONFLICT = 5  # the idempotency key names a job with a different request; nothing written
-EXIT_CONFIG = 78
+EXIT_CONFLICT = 5
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done; `watch` and `submit --wait`: the job succeeded",
+    EXIT_FAILED: "the job failed (nothing was sent, or the exchange refused it)",
+    EXIT_USAGE: "bad input or arguments, each field named; nothing was written",
+    EXIT_NEEDS_REVIEW: "the job needs a human (the withdrawal may exist)",
+    EXIT_NOT_FOUND: "no such job",
+    EXIT_CONFLICT: "the idempotency key names a job with a different request (the fields named); nothing written",
+    EXIT_UNAVAILABLE: "service unavailable: Redis unreachable, timed out or refused the credentials",
+    EXIT_SOFTWARE: "unexpected error (a bug): traceback on stderr",
+    EXIT_CONFIG: "missing, malformed or contradictory configuration, the variable named",
+}
+
+# Which error ends a command with which code (commands handle the others); the first match wins.
+ERROR_EXITS: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigurationError, EXIT_CONFIG),
+    (ServiceUnavailable, EXIT_UNAVAILABLE),
+    # Publishing to the broker, and any Redis error outside the job store (a safety net).
+    (kombu.exceptions.OperationalError, EXIT_UNAVAILABLE),
+    (redis.ConnectionError, EXIT_UNAVAILABLE),
+    (redis.TimeoutError, EXIT_UNAVAILABLE),
+    (InvalidRequest, EXIT_USAGE),
+)
 
 STATE_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "needs_review": EXIT_NEEDS_REVIEW}
 STATE_STYLE = {"succeeded": "green", "failed": "red", "needs_review": "yellow", "running": "cyan", "queued": "blue"}
 
-console = Console(highlight=False)
-errors = Console(highlight=False, stderr=True, soft_wrap=True)  # one reason per line, never wrapped
+console = Console(highlight=False)  # results: stdout
+errors = Console(highlight=False, stderr=True, soft_wrap=True)  # errors: stderr, one reason per line, never wrapped
 
 
-def _settings():
-    try:
-        return config_settings.get()
-    except ConfigurationError as exc:
-        console.print(f"[red]{exc}[/red]")
-        sys.exit(EXIT_CONFIG)
+def fail(code: int, message: str) -> NoReturn:
+    """One line on stderr (URL passwords hidden), then exit with `code`."""
+    errors.print(f"[red]bpx-worker: {escape(logs.hide_credentials(message))}[/red]")
+    sys.exit(code)
 
 
-@click.group()
+def _exit_for(exc: BaseException) -> int | None:
+    return next((code for kind, code in ERROR_EXITS if isinstance(exc, kind)), None)
+
+
+class _Commands(click.Group):
+    """Turns the errors of every command into one line on stderr and the exit code of `ERROR_EXITS`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except InvalidRequest as exc:
+            _refused(exc)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+            code = _exit_for(exc)
+            if code is None:
+                sys.stderr.write(logs.hide_credentials(traceback.format_exc()))
+                fail(EXIT_SOFTWARE, f"unexpected error: {type(exc).__name__}: {exc}")
+            fail(code, str(exc) or type(exc).__name__)
+
+
+def _settings() -> config_settings.Settings:
+    return config_settings.get()  # ConfigurationError -> exit 78 naming the variable
+
+
+def _store() -> RedisJobStore:
+    """The job store for commands: gives up on an unavailable Redis within seconds (exit 69)."""
+    from bpx_worker.tasks.app import interactive_job_store
+
+    return interactive_job_store()
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Run and inspect Backpack balance-checked withdrawals."""
 
@@ -85,7 +159,7 @@ def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_to
     _settings()
     try:
         job_id = submit_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
-                                   two_factor_token=two_factor_token, window=window)
+                                   two_factor_token=two_factor_token, window=window, store=_store())
     except InvalidRequest as exc:
         _refused(exc)
     except IdempotencyConflict as exc:
@@ -112,10 +186,9 @@ def status(job_id: str, as_json: bool) -> None:
 
     _settings()
     try:
-        record = get_job(job_id)
-    except JobError as exc:
-        console.print(f"[red]{exc}[/red]")
-        sys.exit(EXIT_NOT_FOUND)
+        record = get_job(job_id, store=_store())
+    except JobNotFound as exc:
+        fail(EXIT_NOT_FOUND, str(exc))
     if as_json:
         click.echo(json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True))
     else:
@@ -136,14 +209,69 @@ def watch(job_id: str) -> None:
               "for a single-worker deployment, otherwise run `celery -A bpx_worker.tasks.app beat` once.")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
-    """Start a Celery worker for the withdrawal queue (extra options go to celery)."""
-    from bpx_worker.tasks.app import app
+    """Start a Celery worker for the withdrawal queue (extra options go to celery).
+
+    Refuses to start (exit 78, naming the variable) without usable settings and keys.
+    """
+    from bpx_worker.tasks.app import app, check_worker_config
 
     s = _settings()
+    check_worker_config()
     argv = ["worker", "--loglevel", s.log_level, "--concurrency", str(concurrency or s.worker_concurrency)]
     if beat:
         argv.append("--beat")
-    app.worker_main(argv + list(ctx.args))
+    # app.start returns the worker's exit code (worker_main would drop it).
+    sys.exit(app.start(argv + list(ctx.args)) or EXIT_OK)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--address", envvar="FLOWER_ADDRESS", default="127.0.0.1", show_default=True,
+              help="Address to listen on (FLOWER_ADDRESS).")
+@click.option("--port", envvar="FLOWER_PORT", type=int, default=5555, show_default=True, help="FLOWER_PORT.")
+@click.option("--generate-auth", is_flag=True, help="Without FLOWER_BASIC_AUTH, make a login and print it on stderr.")
+@click.option("--no-auth", is_flag=True, help="Run without a login (a trusted, single-user machine only).")
+@click.pass_context
+def flower(ctx: click.Context, address: str, port: int, generate_auth: bool, no_auth: bool) -> None:
+    """Start Flower on 127.0.0.1 with a login (extra options go to flower).
+
+    The login comes from FLOWER_BASIC_AUTH (user:password[,user:password]); without it
+    Flower does not start (exit 78) unless --generate-auth or --no-auth says otherwise.
+    """
+    _settings()
+    login = _flower_login(os.environ.get("FLOWER_BASIC_AUTH"), generate_auth, no_auth)
+    if importlib.util.find_spec("flower") is None:
+        fail(EXIT_UNAVAILABLE, "flower is not installed (pip install 'backpack-withdrawal-worker[flower]')")
+    env = dict(os.environ)
+    env.pop("FLOWER_BASIC_AUTH", None)
+    if login:
+        env["FLOWER_BASIC_AUTH"] = login  # the environment, not argv: `ps` shows argv to everyone
+    argv = [sys.executable, "-m", "celery", "-A", "bpx_worker.tasks.app", "flower",
+            f"--address={address}", f"--port={port}", *ctx.args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)  # noqa: S606 - argv is ours; replacing this process is the point
+
+
+def _flower_login(configured: str | None, generate: bool, none: bool) -> str | None:
+    """The basic-auth login Flower will ask for; ConfigurationError when there is none and none was asked for."""
+    if configured:
+        for pair in configured.split(","):
+            user, _, password = pair.partition(":")
+            if not user.strip() or not password:
+                raise ConfigurationError("FLOWER_BASIC_AUTH: expected user:password[,user:password]")
+        return configured
+    if os.environ.get("FLOWER_AUTH_PROVIDER") or none:
+        if none:
+            errors.print("[yellow]Flower runs without a login (--no-auth)[/yellow]")
+        return None
+    if generate:
+        login = f"ops:{secrets.token_urlsafe(18)}"
+        errors.print(f"Flower login (generated, shown once): {login}")
+        return login
+    raise ConfigurationError(
+        "FLOWER_BASIC_AUTH: not set; set it to user:password, or pass --generate-auth "
+        "(or --no-auth on a trusted machine)"
+    )
 
 
 @main.command(name="workflow")
@@ -236,12 +364,10 @@ def show(record: JobRecord) -> None:
 
 def follow(job_id: str, out: Console | None = None) -> int:
     """Print each event of the job as it happens; return the exit code of its final state."""
-    from bpx_worker.tasks.app import job_store
-
     out = out or console
-    store = job_store()
+    store = _store()
     if store.get(job_id) is None:
-        out.print(f"[red]no job {job_id}[/red]")
+        errors.print(f"[red]no job {escape(job_id)}[/red]")
         return EXIT_NOT_FOUND
     last = "0-0"
     while True:

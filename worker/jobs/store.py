@@ -27,21 +27,23 @@ keys get the retention period as TTL.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from bpx_worker.errors import IdempotencyConflict, JobError, JobNotFound, LeaseLost
+from bpx_worker.errors import IdempotencyConflict, JobError, JobNotFound, LeaseLost, ServiceUnavailable
 from bpx_worker.jobs.base import Change, Lease
 from bpx_worker.jobs.record import JobRecord
+from bpx_worker.logs import hide_credentials
 
 PREFIX = "bpxw:"
 
@@ -116,6 +118,44 @@ JOBS_INDEX = f"{PREFIX}jobs"
 ACTIVE_INDEX = f"{PREFIX}active"
 
 
+# redis-py errors that mean "Redis cannot serve us now": unreachable, timed out, loading,
+# refused our credentials or our user's permissions, or something else answered on its
+# port (InvalidResponse). AuthenticationError is a ConnectionError.
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoPermissionError,
+                redis.exceptions.InvalidResponse)
+_T = TypeVar("_T")
+
+
+def _where(client: redis.Redis) -> str:
+    """host:port/db (or the socket path) of the client, never its credentials."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return str(kw["path"])
+    return f"{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+def _mapped(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def guarded(self: RedisJobStore, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise ServiceUnavailable(
+                f"Redis at {_where(self.redis)} unavailable: {hide_credentials(str(exc)) or type(exc).__name__}"
+            ) from exc
+
+    return guarded
+
+
+def _map_redis_errors(cls: type[_T]) -> type[_T]:
+    """The store's boundary: every public method turns redis-py's connection errors into ServiceUnavailable."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and callable(member) and not isinstance(member, classmethod | staticmethod):
+            setattr(cls, name, _mapped(member))
+    return cls
+
+
+@_map_redis_errors
 class RedisJobStore:
     def __init__(self, client: redis.Redis, retention: int = 7 * 24 * 3600):
         self.redis = client
@@ -125,13 +165,19 @@ class RedisJobStore:
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0) -> RedisJobStore:
+    def from_url(
+        cls, url: str, retention: int, socket_timeout: float = 10.0, *, connect_timeout: float | None = None,
+        retries: int = 15, **connection: Any,
+    ) -> RedisJobStore:
+        """A store on `url`. Workers keep the default `retries` to ride out a short Redis restart
+        instead of failing the step; interactive commands pass few retries and a short
+        `connect_timeout` to fail in seconds. `connection` holds extra redis-py options (TLS)."""
         client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            health_check_interval=15,
-            # Ride out a short Redis restart instead of failing the step.
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
+            url, decode_responses=True, socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout or socket_timeout, health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            **connection,
         )
         return cls(client, retention)
 
