@@ -12,7 +12,8 @@ def _reconcile(workflow):
 
 
 def test_without_settings_the_documents_retry_after_and_limit_apply():
-    workflow = with_settings(withdrawal_workflow(), Settings())
+    # Explicit values win over the environment, which a stack fixture may have set in this process.
+    workflow = with_settings(withdrawal_workflow(), Settings(reconcile_initial_delay=None, reconcile_retry_limit=None))
     action = _reconcile(workflow)
     assert (action.effective_retry_after, action.effective_retry_limit) == (action.retry_after, action.retry_limit)
     assert workflow.retry_overrides() == []
