@@ -9,9 +9,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from bpx_worker.config.settings import Settings
+from celery.schedules import crontab
+from kombu import Queue
+
+from bpx_worker.config.settings import PayoutSchedule, Settings
 
 QUEUE = "withdrawals"
+# Batch bookkeeping (balance reads for a submitter, trackers, inbox runs) has its own queue, so it never
+# waits behind a batch's thousands of step messages. Workers consume both (task_queues).
+BATCH_QUEUE = "batches"
+# RedBeat keeps the schedule and its lock under this prefix (see the README's table of Redis keys).
+REDBEAT_PREFIX = "bpxw:redbeat:"
+
+
+def schedule_of(schedule: PayoutSchedule) -> Any:
+    """A payout schedule's timing for beat: a crontab (UTC) or an interval in seconds."""
+    if schedule.cron is not None:
+        minute, hour, day_of_month, month_of_year, day_of_week = schedule.cron.split()
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+                       day_of_week=day_of_week)
+    return schedule.every
+
+
+def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {
+        # The safety net: re-dispatch jobs whose messages were lost (for example
+        # a Redis that lost its last second of writes). Steps are idempotent.
+        "sweep-stalled-jobs": {"task": "withdrawal.sweep", "schedule": s.sweep_interval},
+        # Batches whose tracker went silent get a new one.
+        "sweep-batches": {"task": "batch.sweep", "schedule": s.sweep_interval},
+    }
+    for schedule in s.payout_schedules:
+        entries[f"payout-schedule-{schedule.name}"] = {
+            "task": "batch.runSchedule", "schedule": schedule_of(schedule), "args": [schedule.name],
+            # A run that could not start before the next one is due is dropped, not stacked.
+            "options": {"expires": schedule.every if schedule.every is not None else 300},
+        }
+    return entries
 
 
 def celery_settings(s: Settings) -> dict[str, Any]:
@@ -78,9 +112,16 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "worker_hijack_root_logger": False,
         "worker_concurrency": s.worker_concurrency,
-        # The safety net: re-dispatch jobs whose messages were lost (for example
-        # a Redis that lost its last second of writes). Steps are idempotent.
-        "beat_schedule": {
-            "sweep-stalled-jobs": {"task": "withdrawal.sweep", "schedule": s.sweep_interval},
-        },
+        "task_queues": [Queue(QUEUE), Queue(BATCH_QUEUE)],
+        "task_routes": {"batch.*": {"queue": BATCH_QUEUE}},
+        # Beat runs on RedBeat: the schedule and a lock live in Redis, so when two beats are started exactly one
+        # acts (the other waits for the lock); a beat that dies is replaced once its lock expires.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_schedule": beat_schedule(s),
+        "beat_max_loop_interval": s.beat_max_interval,
+        "redbeat_redis_url": s.redis_url,
+        "redbeat_redis_options": {"socket_timeout": s.redis_socket_timeout,
+                                  "socket_connect_timeout": s.redis_socket_timeout, "retry_period": 30},
+        "redbeat_key_prefix": REDBEAT_PREFIX,
+        "redbeat_lock_timeout": int(5 * s.beat_max_interval),
     }

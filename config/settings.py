@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import ssl
 from decimal import Decimal
 from functools import lru_cache
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bpx_worker.errors import ConfigurationError
@@ -32,6 +33,33 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # and another run of the step may take the job.
 SOFT_LIMIT_SHARE = 0.6
 HARD_LIMIT_SHARE = 0.8
+
+
+_CRON_FIELD = r"[0-9A-Za-z*/,-]+"
+_CRON = re.compile(rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$")
+
+
+class PayoutSchedule(BaseModel):
+    """A scheduled run: every `every` seconds or on `cron` (five fields, UTC), take the finished files of `inbox`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    inbox: Path
+    cron: str | None = None
+    every: float | None = Field(None, gt=0)
+    namespace: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    # Only files with a `<name>.ready` marker beside them are taken (else: every visible .csv/.jsonl file).
+    marker: bool = False
+    allow_partial: bool = False
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> PayoutSchedule:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError(f"schedule {self.name!r}: give exactly one of cron or every")
+        if self.cron is not None and not _CRON.match(" ".join(self.cron.split())):
+            raise ValueError(f"schedule {self.name!r}: cron must be five fields (minute hour day month weekday)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -90,6 +118,25 @@ class Settings(BaseSettings):
     max_quantity: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
     allowed_destinations: Annotated[frozenset[str] | None, NoDecode] = None
 
+    # The exchange's rate limit, shared by every worker process (kept in Redis, exchange/ratelimit.py).
+    exchange_rate_limit: float = Field(10.0, gt=0, description="Requests per second to the exchange, all workers.")
+    exchange_rate_burst: int = Field(1, ge=1, description="Requests that may go at once before spacing applies.")
+    exchange_rate_max_wait: float = Field(2.0, ge=0, description="Longest wait in a worker slot; longer re-queues.")
+    exchange_rate_slowdown: float = Field(30.0, ge=0, description="Seconds at half rate after the exchange says 429.")
+
+    # Batch payout runs (worker/batches/)
+    batch_namespace: str = Field("payouts", pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                                 description="The payout program: row idempotency keys are <namespace>:<row key>.")
+    batch_retention: int = Field(400 * 24 * 3600, gt=0, description="Seconds batch records and row keys are kept.")
+    batch_track_interval: float = Field(2.0, gt=0, description="Seconds between two looks at a running batch.")
+    batch_balance_timeout: float = Field(30.0, gt=0, description="Seconds the CLI waits for a worker's balance read.")
+    batch_submit_stall: float = Field(60.0, gt=0, description="A batch whose submitter is silent this long is "
+                                      "finished submitting by a worker.")
+    payout_schedules: list[PayoutSchedule] = Field(default_factory=list,
+                                                   description="JSON list of scheduled inbox runs.")
+    beat_max_interval: float = Field(5.0, gt=0, description="Beat wakes at least this often; its Redis lock "
+                                     "lasts five times as long.")
+
     # Logs
     log_level: str = "INFO"
     log_format: str = Field("console", pattern="^(console|json)$")
@@ -109,6 +156,14 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator("payout_schedules")
+    @classmethod
+    def _unique_schedule_names(cls, value: list[PayoutSchedule]) -> list[PayoutSchedule]:
+        names = [schedule.name for schedule in value]
+        if len(names) != len(set(names)):
+            raise ValueError("schedule names must be unique")
+        return value
 
     @field_validator("max_quantity", mode="before")
     @classmethod

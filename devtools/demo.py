@@ -1,9 +1,13 @@
-"""`make run`: start a private stack, submit a few withdrawals, show each one travel, shut down."""
+"""`make run`: start a private stack, submit a few withdrawals and a payout file, show each one travel, shut down.
+
+It ends with a one-line verdict per scenario.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 from rich.console import Console
 
@@ -13,6 +17,7 @@ from devtools.local import local_stack
 # Well-formed Solana addresses that nobody controls (the sandbox moves nothing).
 PAYEE_1 = "8NuJorUSa8CVTaM6RsxhAthvLc3eYAmLEpHyzruE6ECN"
 PAYEE_2 = "HYSyxUTe1mQZWhptuEHFSBVZPuGxG3jsTBj8hFiQdkkt"
+BATCH_FILE = Path(__file__).resolve().parent.parent / "examples" / "payouts.csv"
 
 SCENARIOS = [
     ("withdraws 25 USDC; the exchange records it only after a lag, so reconciliation polls",
@@ -54,6 +59,9 @@ def run_demo(console: Console) -> int:
             refused = True
         outcomes.append(follow(first, console))
 
+        console.rule(f"a payout file as a batch: {BATCH_FILE.name}, then the same file again")
+        batch_codes = run_batch(console, stack.directory)
+
         import requests
 
         ledger = requests.get(stack.sandbox_url + "/_sandbox/ledger", timeout=5).json()
@@ -62,8 +70,35 @@ def run_demo(console: Console) -> int:
             console.print(f"  #{w['id']} {w['quantity']} {w['symbol']} -> {w['toAddress']} "
                           f"clientId={w['clientId']} status={w['status']}")
         console.print(f"  balances {ledger['balances']}")
-    expected = [0, 1, 0]  # succeeded, failed, succeeded
-    return 0 if outcomes == expected and first == second and refused else 1
+    titles = [title for title, _ in SCENARIOS] + ["the same idempotency key twice (and refused for another request)",
+                                                  "a batch from a payout file", "the same payout file again"]
+    expected = [0, 1, 0, 0, 0]  # succeeded, failed, succeeded; the batch's rows all succeeded, twice
+    got = [*outcomes, *batch_codes]
+    got[2] = got[2] if first == second and refused else -1
+    names = {0: "succeeded", 1: "failed", 3: "needs review", 6: "refused", -1: "idempotency not kept"}
+    console.rule("verdicts")
+    for title, want, have in zip(titles, expected, got, strict=True):
+        mark = "[green]as expected[/green]" if want == have else "[red]NOT as expected[/red]"
+        console.print(f"  {mark}: {title}: {names.get(have, have)} (expected {names[want]})")
+    return 0 if got == expected else 1
+
+
+def run_batch(console: Console, directory: Path) -> list[int]:
+    """Submit the example payout file as the CLI does, follow it with its progress bar, then submit it again."""
+    from bpx_worker.batches.payout_file import parse_payout_file
+    from bpx_worker.interfaces.batch_cli import follow as follow_batch
+    from bpx_worker.interfaces.batch_cli import read_balances_through_worker
+    from bpx_worker.tasks.batches import batch_runner
+
+    runner = batch_runner()
+    codes = []
+    for attempt in ("first", "again"):
+        payout_file = parse_payout_file(BATCH_FILE.name, BATCH_FILE.read_bytes())
+        submitted = runner.submit(runner.plan(payout_file, "demo"), read_balances_through_worker)
+        console.print(f"{attempt}: {len(payout_file.rows)} rows, batch {submitted.batch_id} {submitted.outcome.value}")
+        codes.append(follow_batch(submitted.batch_id or "", directory / f"{attempt}.results.csv", console))
+    console.print((directory / "first.results.csv").read_text())
+    return codes
 
 
 def main() -> int:

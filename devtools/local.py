@@ -260,10 +260,13 @@ class Stack:
         return self._start_celery(name, ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
                                          "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"], env)
 
-    def start_beat(self, **env: str) -> subprocess.Popen:
-        """The one scheduler: it sends the sweep of stalled jobs."""
-        return self._start_celery("beat", ["beat", "--loglevel", "INFO",
-                                           "--schedule", str(self.directory / "beat-schedule")], env)
+    def start_beat(self, name: str = "beat", **env: str) -> subprocess.Popen:
+        """A beat on RedBeat (schedule and lock in Redis): of several started, exactly one acts at a time.
+
+        It sends the sweeps (stalled jobs, silent batch trackers) and the payout schedules' inbox runs.
+        """
+        return self._start_celery(name, ["beat", "--loglevel", "INFO", "--scheduler", "redbeat.RedBeatScheduler"],
+                                  env)
 
     def _start_celery(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.directory / f"{name}.log", "ab")

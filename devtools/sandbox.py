@@ -32,6 +32,7 @@ Run it with `python -m devtools.sandbox --help`.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import io
@@ -232,6 +233,7 @@ class Ledger:
         self.withdrawals: list[dict[str, Any]] = []
         self.next_id = 1
         self.requests = {f"{m} {p}": 0 for (m, p) in EXCHANGE_ROUTES}
+        self.request_log: collections.deque[tuple[float, str]] = collections.deque(maxlen=200_000)
         self.faults_injected = {kind: 0 for kind in FAULT_KINDS}
         if self.state_file and self.state_file.exists():
             self._load(self.state_file)
@@ -322,7 +324,13 @@ class Ledger:
     def count_request(self, route: str) -> None:
         with self.lock:
             self.requests[route] += 1
-            self._save()
+            # When each exchange request arrived (ms), for measuring the rate the workers keep to. Counters are
+            # saved with the next change of the ledger: a count is no reason to rewrite the state file.
+            self.request_log.append((time.time() * 1000, route))
+
+    def request_times(self, since_ms: float = 0) -> list[tuple[float, str]]:
+        with self.lock:
+            return [entry for entry in self.request_log if entry[0] >= since_ms]
 
     def draw_faults(self, is_withdraw: bool) -> dict[str, Any]:
         """One draw per kind per request, in a fixed order, so a seed replays exactly."""
@@ -458,6 +466,7 @@ class Ledger:
                 self.balances = balances
             self.withdrawals, self.next_id = [], 1
             self.requests = {k: 0 for k in self.requests}
+            self.request_log.clear()
             self.faults_injected = {k: 0 for k in FAULT_KINDS}
             self.faults, self.rng = Faults(), random.Random()
             self._save()
@@ -753,6 +762,8 @@ class _Handler(BaseHTTPRequestHandler):
         ledger, api_key = sandbox.ledger, sandbox.config.api_key
         if method == "GET" and path == "/_sandbox/health":
             return self._json(200, {"ok": True})
+        if method == "GET" and path == "/_sandbox/requests":
+            return self._json(200, {"requests": ledger.request_times()})
         if method == "GET" and path == "/_sandbox/ledger":
             return self._json(200, ledger.snapshot(api_key))
         if method != "POST":

@@ -20,6 +20,7 @@ from bpx_worker.config.celery import celery_settings
 from bpx_worker.engine.engine import StepEngine
 from bpx_worker.errors import ConfigurationError
 from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.exchange.ratelimit import Limit, RedisRateLimiter
 from bpx_worker.exchange.signer import Signer
 from bpx_worker.jobs.store import RedisJobStore
 from bpx_worker.withdrawal.runtime import build_engine
@@ -55,7 +56,7 @@ except ConfigurationError as _exc:
 
 app = Celery("withdrawal")
 app.config_from_object(celery_settings(_settings))
-app.conf.include = ["bpx_worker.tasks.withdrawal"]
+app.conf.include = ["bpx_worker.tasks.withdrawal", "bpx_worker.tasks.batches"]
 
 
 @lru_cache(maxsize=1)
@@ -96,9 +97,23 @@ def check_worker_config() -> None:
 
 
 @lru_cache(maxsize=1)
+def rate_limiter() -> RedisRateLimiter:
+    """The rate limit toward the exchange, shared through Redis by every worker process."""
+    s = config_settings.get()
+    limit = Limit(s.exchange_rate_limit, s.exchange_rate_burst, s.exchange_rate_max_wait, s.exchange_rate_slowdown)
+    return RedisRateLimiter.from_url(s.redis_url, limit, s.redis_socket_timeout)
+
+
+@lru_cache(maxsize=1)
+def exchange_client() -> BackpackClient:
+    """The process's one client of the exchange (signed, rate limited)."""
+    return BackpackClient.from_settings(config_settings.get(), signer(), rate_limiter())
+
+
+@lru_cache(maxsize=1)
 def step_engine() -> StepEngine:
     s = config_settings.get()
-    return build_engine(s, job_store(), BackpackClient.from_settings(s, signer()), signer())
+    return build_engine(s, job_store(), exchange_client(), signer())
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +129,8 @@ def reload_settings() -> None:
     app.conf.update(celery_settings(config_settings.get()))
     # Publish through a pool built from the new broker URL (Celery has no public way to rebuild it).
     app.amqp._producer_pool = None  # type: ignore[attr-defined]
-    for cached in (job_store, interactive_job_store, signer, step_engine, unconfigured_engine):
+    for cached in (job_store, interactive_job_store, signer, rate_limiter, exchange_client, step_engine,
+                   unconfigured_engine):
         cached.cache_clear()
 
 
@@ -138,12 +154,15 @@ def _check_before_ready(**_: object) -> None:
 def _bind_task(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: object) -> None:
     # Every log line of a step carries the task and the job it works on.
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name, job_id=args[0] if args else None)
+    job_id = args[0] if args and task.name.startswith("withdrawal.") else None
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name, job_id=job_id)
 
 
 @signals.worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
     # A forked pool process must not share the parent's sockets.
     job_store.cache_clear()
+    rate_limiter.cache_clear()
+    exchange_client.cache_clear()
     step_engine.cache_clear()
     unconfigured_engine.cache_clear()

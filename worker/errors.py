@@ -7,6 +7,7 @@
     ├── ServiceUnavailable      Redis cannot be reached, refused the credentials or timed out
     ├── InvalidRequest          a withdrawal request refused at the edge (names each field)
     ├── IdempotencyConflict     an idempotency key reused for a different request (names the fields)
+    ├── BalanceUnavailable      a batch's balance read got no answer from a worker (nothing was sent)
     ├── WorkflowError           the Arazzo document or its evaluation
     │   ├── DocumentError       document invalid, operationId not found
     │   ├── ExpressionError     malformed or unresolvable runtime expression
@@ -16,6 +17,8 @@
     │   └── LeaseLost           another run of the same step holds a newer lease
     └── ExchangeError           talking to the exchange; the type decides what may be done next
         ├── TransientError      certainly not processed: retry with backoff
+        │   └── RateLimited     not sent: the shared rate limit toward the exchange binds; re-queue
+        │                       after `retry_after` (not counted as a failure of the step)
         ├── RejectedError       processed and refused (4xx), or a read answered with a redirect
         │                       the client does not follow (code REDIRECT): terminal, keeps code and message
         └── AmbiguousError      may have been processed: look it up before anything is re-sent
@@ -75,6 +78,10 @@ class IdempotencyConflict(WorkerError):
         )
 
 
+class BalanceUnavailable(WorkerError):
+    """No worker answered a batch's balance read in time, or the read failed; nothing was submitted."""
+
+
 class WorkflowError(WorkerError):
     pass
 
@@ -112,6 +119,10 @@ class ExchangeError(WorkerError):
 
 class TransientError(ExchangeError):
     """The exchange certainly did not act on the request; it is safe to send again."""
+
+
+class RateLimited(TransientError):
+    """Not sent: the shared rate limit would make this request wait longer than a worker slot may."""
 
 
 class AmbiguousError(ExchangeError):

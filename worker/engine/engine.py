@@ -56,6 +56,7 @@ from bpx_worker.errors import (
     DocumentError,
     ExchangeError,
     LeaseLost,
+    RateLimited,
     RejectedError,
     TransientError,
     UnsendableRequest,
@@ -414,6 +415,10 @@ class StepEngine:
         return self.store.update(lease, change, {"event": "step_started", "step": step_id})
 
     def _transient(self, lease: Lease, record: JobRecord, step: Step, exc: ExchangeError) -> Next:
+        if isinstance(exc, RateLimited):
+            # Our own limiter held the request back: nothing was sent and nothing failed. Come back when the
+            # slot is due; not counted against RETRY_MAX_ATTEMPTS, so a large batch never exhausts a job.
+            return Next("retry", countdown=min(max(exc.retry_after or 0.0, 0.05), self.timing.retry.max_delay))
         failures = record.step(step.step_id).transient_failures + 1
 
         def change(r: JobRecord) -> None:

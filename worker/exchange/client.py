@@ -70,6 +70,7 @@ from bpx_worker.errors import (
     WorkerError,
 )
 from bpx_worker.exchange import filters
+from bpx_worker.exchange.ratelimit import RateLimiter
 from bpx_worker.exchange.signer import DEFAULT_WINDOW_MS, Signer, check_window, rendered
 
 log = structlog.get_logger(__name__)
@@ -257,6 +258,7 @@ class BackpackClient:
         window_ms: int = DEFAULT_WINDOW_MS,
         history_page_size: int = 1000,
         history_max_pages: int = 10,
+        limiter: RateLimiter | None = None,
     ):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -268,11 +270,14 @@ class BackpackClient:
         self.history_page_size = history_page_size
         self.history_max_pages = history_max_pages
         self.session = NoRedirectSession()
+        # Every request waits for its slot of the shared rate limit (exchange/ratelimit.py) before it is signed.
+        self.limiter = limiter
 
     @classmethod
-    def from_settings(cls, settings: Any, signer: Signer | None) -> BackpackClient:
+    def from_settings(cls, settings: Any, signer: Signer | None,
+                      limiter: RateLimiter | None = None) -> BackpackClient:
         return cls(settings.backpack_base_url, signer, connect_timeout=settings.http_connect_timeout,
-                   read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms)
+                   read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms, limiter=limiter)
 
     def close(self) -> None:
         self.session.close()
@@ -336,6 +341,8 @@ class BackpackClient:
 
     def _send_once(self, request: HttpRequest) -> Response:
         what = f"{request.method} {request.path}"
+        if self.limiter is not None:
+            self.limiter.acquire()  # before signing, so the timestamp is fresh; RateLimited means nothing was sent
         prepared, settings = self._prepare(request)
         try:
             response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
@@ -346,6 +353,8 @@ class BackpackClient:
         if 300 <= status < 400:
             raise _redirect(response, request.method, what)
         if status == 429:
+            if self.limiter is not None:
+                self.limiter.slow_down(_retry_after(response))
             raise TransientError("429 TOO_MANY_REQUESTS", status=429, retry_after=_retry_after(response))
         if status >= 500:
             kind = TransientError if request.method.upper() in _SAFE_METHODS else AmbiguousError

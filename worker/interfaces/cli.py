@@ -387,5 +387,9 @@ def _describe(event: dict[str, str]) -> str:
     return f"{kind:<18} {detail}"
 
 
+from bpx_worker.interfaces.batch_cli import batch  # noqa: E402 - the `batch` group, registered below
+
+main.add_command(batch)
+
 if __name__ == "__main__":
     main()

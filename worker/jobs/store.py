@@ -228,6 +228,13 @@ class RedisJobStore:
         raw = self.redis.get(job_key(job_id))
         return JobRecord.from_json(raw) if raw else None
 
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The records that exist among `job_ids`, read in one round trip (batch progress)."""
+        if not job_ids:
+            return {}
+        raws = self.redis.mget([job_key(job_id) for job_id in job_ids])
+        return {job_id: JobRecord.from_json(raw) for job_id, raw in zip(job_ids, raws, strict=True) if raw}
+
     def require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
         if record is None:
