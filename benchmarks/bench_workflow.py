@@ -11,10 +11,10 @@ import sys
 import time
 import uuid
 
-from bpx_worker.config import settings
-from bpx_worker.config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
 from bpx_worker import logs
 from bpx_worker.arazzo.workflow import load_workflow
+from bpx_worker.config import settings
+from bpx_worker.config.documents import SEED_WORKFLOW, WORKER_ADDITIONS, load_yaml
 from devtools.local import local_stack
 
 # A well-formed Solana address nobody controls (the sandbox records it and moves nothing).
@@ -46,7 +46,8 @@ def main(jobs: int = 50) -> None:
         timed("in-process workflow run (3 steps)", jobs,
               lambda: run_withdrawal_inprocess(settings.get(), inputs, uuid.uuid4().hex))
         started = time.perf_counter()
-        ids = [submit_withdrawal(**inputs) for _ in range(jobs)]
+        ids = [submit_withdrawal(inputs["symbol"], inputs["blockchain"], inputs["address"], inputs["quantity"])
+               for _ in range(jobs)]
         for job_id in ids:
             wait_for(job_id, timeout=300)
         elapsed = time.perf_counter() - started

@@ -38,7 +38,8 @@ def run_demo(console: Console) -> int:
         outcomes = []
         for title, request in SCENARIOS:
             console.rule(title)
-            job_id = submit_withdrawal(**request)
+            job_id = submit_withdrawal(request["symbol"], request["blockchain"], request["address"],
+                                       request["quantity"])
             console.print(f"submitted job {job_id}")
             outcomes.append(follow(job_id, console))
             show(get_job(job_id))

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import redis
@@ -61,7 +61,7 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05,
                 return value
         except give_up:
             raise
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # noqa: BLE001, S110 - not up yet: try again until the deadline
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
@@ -203,6 +203,7 @@ class Stack:
     redis: PrivateRedis | None = None
     sandbox_args: list[str] = field(default_factory=list)
     redis_ca_file: Path | None = None
+    log_files: list[IO[bytes]] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a worker or CLI process talking to this stack."""
@@ -242,7 +243,7 @@ class Stack:
         port = self.sandbox_url.rsplit(":", 1)[1]
         ready = self.directory / "sandbox.url"
         ready.unlink(missing_ok=True)
-        log = open(self.directory / "sandbox.log", "ab")
+        log = self._log("sandbox")
         self.processes["sandbox"] = subprocess.Popen(
             [sys.executable, "-m", "devtools.sandbox", "--port", port, "--api-key", self.api_key,
              "--state-file", str(self.directory / "sandbox-state.json"), "--ready-file", str(ready),
@@ -269,13 +270,19 @@ class Stack:
                                   env)
 
     def _start_celery(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.directory / f"{name}.log", "ab")
+        log = self._log(name)
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "bpx_worker.tasks.app", *argv], env=self.env(**env), stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes[name] = process
         return process
+
+    def _log(self, name: str) -> IO[bytes]:
+        """The log file of a process of the stack, closed with the stack."""
+        handle = (self.directory / f"{name}.log").open("ab")
+        self.log_files.append(handle)
+        return handle
 
     def stop_worker(self, name: str = "worker", hard: bool = False) -> None:
         self._stop(name, hard)
@@ -299,6 +306,8 @@ class Stack:
             self._stop(name)
         if self.redis:
             self.redis.stop()
+        for handle in self.log_files:
+            handle.close()
 
 
 @contextmanager
@@ -332,7 +341,7 @@ def local_stack(
         try:
             stack.start_sandbox()
             if start_worker:
-                stack.start_worker(**(worker_env or {}))
+                stack.start_worker("worker", 2, **(worker_env or {}))
             yield stack
         finally:
             stack.close()

@@ -101,7 +101,7 @@ def rate_limiter() -> RedisRateLimiter:
     """The rate limit toward the exchange, shared through Redis by every worker process."""
     s = config_settings.get()
     limit = Limit(s.exchange_rate_limit, s.exchange_rate_burst, s.exchange_rate_max_wait, s.exchange_rate_slowdown)
-    return RedisRateLimiter.from_url(s.redis_url, limit, s.redis_socket_timeout)
+    return RedisRateLimiter.from_url(s.redis_url, limit, s.redis_socket_timeout, **s.redis_ssl_options())
 
 
 @lru_cache(maxsize=1)

@@ -43,7 +43,8 @@ def batch_store() -> BatchStore:
     s = config_settings.get()
     cache = _fresh(s)
     if "store" not in cache:
-        cache["store"] = BatchStore.from_url(s.redis_url, s.batch_retention, s.redis_socket_timeout)
+        cache["store"] = BatchStore.from_url(s.redis_url, s.batch_retention, s.redis_socket_timeout,
+                                             **s.redis_ssl_options())
     store: BatchStore = cache["store"]
     return store
 

@@ -36,7 +36,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Drop the value of any field whose name says it is a secret, at any depth."""
     return {k: _clean(k, v) for k, v in event.items()}
 
@@ -51,7 +51,7 @@ def _clean(key: str, value: Any) -> Any:
     return value
 
 
-SHARED = [
+SHARED: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,

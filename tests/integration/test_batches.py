@@ -73,7 +73,8 @@ def batch_stack(tmp_path_factory: pytest.TempPathFactory):
     inbox = tmp_path_factory.mktemp("inbox")
     env = {**ENV, "PAYOUT_SCHEDULES": json.dumps([{"name": "nightly", "inbox": str(inbox), "every": 1}])}
     args = ["--balances", "USDC=1000000,SOL=50", "--history-lag", "0", "--confirm-delay", "0"]
-    with local_stack(sandbox_args=args, worker_env=env, redis_url=os.environ.get("REDIS_URL")) as stack, \
+    # Always a Redis of its own: its workers, beats and limiter must not share a Redis with the session's stack.
+    with local_stack(sandbox_args=args, worker_env=env) as stack, \
             stack.activated(**env):
         stack.start_worker("w2", 2, **env)  # a second worker: the rate limit is shared across machines' processes
         yield stack, env, inbox

@@ -170,11 +170,12 @@ class BatchStore:
         self._claim = client.register_script(_CLAIM_ROW_KEY)
 
     @classmethod
-    def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0) -> BatchStore:
+    def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0, **connection: Any) -> BatchStore:
+        """A store on `url`; `connection` holds extra redis-py options (TLS)."""
         client = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
             health_check_interval=15, retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError], **connection,
         )
         return cls(client, retention)
 

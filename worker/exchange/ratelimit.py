@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -106,9 +106,10 @@ class RedisRateLimiter:
         self._slow_down = client.register_script(_SLOW_DOWN)
 
     @classmethod
-    def from_url(cls, url: str, limit: Limit, socket_timeout: float = 10.0) -> RedisRateLimiter:
+    def from_url(cls, url: str, limit: Limit, socket_timeout: float = 10.0, **connection: Any) -> RedisRateLimiter:
+        """A limiter on `url`; `connection` holds extra redis-py options (TLS)."""
         return cls(redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                        health_check_interval=15), limit)
+                                        health_check_interval=15, **connection), limit)
 
     def acquire(self) -> None:
         limit = self.limit

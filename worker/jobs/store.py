@@ -245,17 +245,19 @@ class RedisJobStore:
         """Unfinished jobs with no change for `quiet_for` seconds; forgets index entries past retention."""
         now = time.time()
         self.redis.zremrangebyscore(JOBS_INDEX, 0, now - self.retention)
-        records = (self.get(job_id) for job_id in self.redis.zrangebyscore(ACTIVE_INDEX, 0, now - quiet_for))
+        ids: list[str] = self.redis.zrangebyscore(ACTIVE_INDEX, 0, now - quiet_for)  # type: ignore[assignment]
+        records = (self.get(job_id) for job_id in ids)
         return [r for r in records if r is not None and not r.terminal]
 
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
         """Events after stream id `after`; with `block_ms`, wait that long for the next ones."""
-        answer = self.redis.xread({events_key(job_id): after}, block=block_ms)
+        answer: list[tuple[str, list[tuple[str, dict[str, str]]]]] = self.redis.xread(  # type: ignore[assignment]
+            {events_key(job_id): after}, block=block_ms)
         return [(entry_id, fields) for _, entries in answer for entry_id, fields in entries]
 
     def sealed_2fa(self, job_id: str) -> bytes | None:
         raw = self.redis.get(sealed_2fa_key(job_id))
-        return bytes.fromhex(raw) if raw else None
+        return bytes.fromhex(str(raw)) if raw else None
 
     # --- leases -----------------------------------------------------------------------------
 
@@ -279,7 +281,7 @@ class RedisJobStore:
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key, fence_key(lease.job_id))
+                    pipe.watch(key, fence_key(lease.job_id))  # type: ignore[no-untyped-call]
                     if int(pipe.get(fence_key(lease.job_id)) or 0) != lease.token:
                         raise LeaseLost(f"job {lease.job_id}: a newer run holds the job")
                     raw = pipe.get(key)
@@ -291,7 +293,8 @@ class RedisJobStore:
                     pipe.multi()
                     pipe.set(key, record.to_json())
                     if event:
-                        pipe.xadd(events_key(lease.job_id), _flat({**event, "at": record.updated_at}), maxlen=1000)
+                        pipe.xadd(events_key(lease.job_id), _flat({**event, "at": record.updated_at}),  # type: ignore[arg-type]
+                                  maxlen=1000)
                     if record.terminal:
                         pipe.zrem(ACTIVE_INDEX, lease.job_id)
                         self._expire(pipe, record)

@@ -60,7 +60,7 @@ _TOO_MANY_DECIMAL_PLACES = f"must have at most {QUANTITY_MAX_DECIMAL_PLACES} dec
 _EXAMPLE_CHAINS = ("Solana", "Ethereum", "Bitcoin", "Arbitrum", "Base")
 
 # Fixed wording for the 2FA token: it never echoes the value, even in part.
-TOKEN_REASON = "must be 1-64 letters or digits"
+TOKEN_REASON = "must be 1-64 letters or digits"  # noqa: S105 - a message, not a secret
 
 
 def _reason(text: str) -> PydanticCustomError:
@@ -243,7 +243,8 @@ class WithdrawalRequest(BaseModel, frozen=True, extra="forbid"):
             # e.g. Decimal("1E+999999") is never expanded.
             if value.adjusted() >= QUANTITY_MAX_INTEGER_DIGITS:
                 raise _reason(_TOO_MANY_INTEGER_DIGITS)
-            if -value.as_tuple().exponent > QUANTITY_MAX_DECIMAL_PLACES:
+            exponent = value.as_tuple().exponent
+            if isinstance(exponent, int) and -exponent > QUANTITY_MAX_DECIMAL_PLACES:
                 raise _reason(_TOO_MANY_DECIMAL_PLACES)
             # Re-read the plain form so exponent forms like 1E+3 become 1000.
             return Decimal(format(value, "f"))
