@@ -59,7 +59,7 @@ from prometheus_client.registry import Collector
 from bpx_worker.arazzo.workflow import HttpRequest, Workflow
 from bpx_worker.config.celery import QUEUE
 from bpx_worker.engine.engine import Exchange
-from bpx_worker.errors import ExchangeError, RejectedError
+from bpx_worker.errors import ExchangeError, RejectedError, ServiceUnavailable
 from bpx_worker.exchange.client import Response
 from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.jobs.store import RedisJobStore
@@ -206,7 +206,7 @@ class RedisGauges(Collector):
             age.add_metric([], max(self.clock() - oldest, 0.0) if oldest is not None else 0.0)
             paused = GaugeMetricFamily("bpxw_paused", "1 while the kill switch (key bpxw:paused) is set.")
             paused.add_metric([], 1.0 if store.paused() else 0.0)
-        except redis.RedisError as exc:
+        except (redis.RedisError, ServiceUnavailable) as exc:
             log.warning("metrics_redis_unavailable", error=type(exc).__name__)
             up.add_metric([], 0.0)
             return [up]

@@ -22,7 +22,6 @@ import binascii
 import hmac
 import json
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
 
@@ -42,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bpx_worker import callbacks, metrics
 from bpx_worker.config.documents import blockchain_names
 from bpx_worker.config.settings import Settings
-from bpx_worker.errors import ConfigurationError, InvalidRequest
+from bpx_worker.errors import ConfigurationError, IdempotencyConflict, InvalidRequest, ServiceUnavailable
 from bpx_worker.interfaces.api import submit_request
 from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.jobs.store import RedisJobStore
@@ -58,7 +57,6 @@ from bpx_worker.withdrawal.request import (
     WithdrawalRequest,
     parse_request,
 )
-from bpx_worker.withdrawal.rules import client_id
 
 log = structlog.get_logger(__name__)
 
@@ -254,6 +252,7 @@ def create_app(settings: Settings, store: Callable[[], RedisJobStore] = job_stor
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _problem(exc.status_code, error, str(exc.detail), headers=exc.headers)
 
+    @app.exception_handler(ServiceUnavailable)
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
@@ -311,6 +310,10 @@ def create_app(settings: Settings, store: Callable[[], RedisJobStore] = job_stor
             return _problem(422, "invalid_request", "the request is invalid; nothing was written", fields=errors)
         try:
             submission = submit_request(request, store=store(), submitted_by=name, callback_url=callback_url)
+        except IdempotencyConflict as exc:  # the same key, another request (or token, or callback)
+            counters.submissions.labels("conflict").inc()
+            return _problem(409, "idempotency_conflict", str(exc), job_id=exc.job_id,
+                            fields={field: "differs from the job's" for field in exc.fields})
         except ConfigurationError as exc:  # a two-factor token, and no BACKPACK_API_KEY to seal it with
             log.error("intake_misconfigured", error=str(exc))
             return _problem(503, "unavailable", "this service cannot seal two-factor tokens: BACKPACK_API_KEY "
@@ -321,13 +324,6 @@ def create_app(settings: Settings, store: Callable[[], RedisJobStore] = job_stor
             counters.submissions.labels("created").inc()
             log.info("intake_submitted", job_id=record.job_id, caller=name)
             return JSONResponse(record.model_dump(mode="json"), status_code=201, headers=location)
-        differences = _differences(record, request, name, callback_url)
-        if differences:
-            counters.submissions.labels("conflict").inc()
-            return _problem(409, "idempotency_conflict",
-                            f"{IDEMPOTENCY_HEADER} {key} already names job {record.job_id}, whose request differs in "
-                            f"{', '.join(differences)}; nothing was written", job_id=record.job_id,
-                            fields={field: "differs from the job's" for field in differences})
         counters.submissions.labels("replayed").inc()
         return JSONResponse(record.model_dump(mode="json"), status_code=200, headers=location)
 
@@ -425,25 +421,3 @@ def create_app(settings: Settings, store: Callable[[], RedisJobStore] = job_stor
         return Response(payload, media_type=content_type)
 
     return app
-
-
-def _differences(record: JobRecord, request: WithdrawalRequest, name: str, callback_url: str | None) -> list[str]:
-    """The fields in which `request` differs from the job the key already names (quantities as decimals)."""
-    key = request.idempotency_key or ""
-    wanted: dict[str, Any] = {**request.public_inputs(), "clientId": client_id(key)}
-    differ = [field for field in sorted({*wanted, *record.inputs})
-              if not _same(record.inputs.get(field), wanted.get(field))]
-    if record.submitted_by != name:
-        differ.append("submitted_by")
-    if record.callback_url != callback_url:
-        differ.append("callback_url")
-    return differ
-
-
-def _same(ours: Any, theirs: Any) -> bool:
-    if ours == theirs:
-        return True
-    try:
-        return Decimal(str(ours)) == Decimal(str(theirs))
-    except (InvalidOperation, ValueError):
-        return False
