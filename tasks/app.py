@@ -158,12 +158,10 @@ def _check_before_ready(**_: object) -> None:
 
 
 @signals.task_prerun.connect
-def _bind_task(task_id: str, task: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
-               **_: object) -> None:
-    # Every log line of a step carries the task and the job it works on (a keyword since the job id is
-    # shown in Flower; a positional argument in messages sent by an older version).
+def _bind_task(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: object) -> None:
+    # Every log line of a step carries the task and the job it works on.
     structlog.contextvars.clear_contextvars()
-    job_id = (kwargs or {}).get("job_id") or (args[0] if args and task.name.startswith("withdrawal.") else None)
+    job_id = args[0] if args and task.name.startswith("withdrawal.") else None
     structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name, job_id=job_id)
 
 

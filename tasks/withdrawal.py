@@ -1,9 +1,9 @@
 """The workflow's steps as Celery tasks, generated from the document: one per step, chained in its order.
 
 Each task is named `withdrawal.<stepId>` (operators find each step by name in
-Flower) and carries the job id only, as the keyword `job_id` (Flower's task list
-shows it); everything else is in the job record. The tasks are thin: the engine
-runs the step and says what to do next.
+Flower) and carries the job id only, its one argument (Flower's task list shows
+it); everything else is in the job record. The tasks are thin: the engine runs
+the step and says what to do next.
 
 A run that ends its job `failed` or `needs_review` raises `JobEnded` once the
 record is written, so the task ends in Celery's FAILURE state carrying the code
@@ -56,7 +56,7 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
             # before this line. The callback task skips a callback already delivered.
             record = job_store().get(job_id)
             if record is not None and record.callback_url:
-                deliver_callback.delay(job_id=job_id)
+                deliver_callback.delay(job_id)
         if outcome.code is not None and outcome.state in _ENDED_BADLY:
             raise JobEnded(outcome.code, outcome.state.value, job_id)
     return {"job_id": job_id, "step": step_id, "next": outcome.action,
@@ -95,7 +95,7 @@ STEP_TASKS = register(withdrawal_workflow())
 
 def workflow_chain(job_id: str) -> Signature:
     """The chain of step tasks in the document's order. Steps already recorded are skipped when they run."""
-    return chain(*(STEP_TASKS[step.step_id].si(job_id=job_id) for step in withdrawal_workflow().steps))
+    return chain(*(STEP_TASKS[step.step_id].si(job_id) for step in withdrawal_workflow().steps))
 
 
 @app.task(name=TASK_PREFIX + "sweep")
