@@ -87,6 +87,9 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         # a crash never loses a step. Steps are safe to run twice (job store).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A step that ends its job failed / needs_review raises JobEnded after the record is
+        # written: that message is done and is acked, never requeued (Celery's default, stated).
+        "task_acks_on_failure_or_timeout": True,
         # One message per process: a crash strands as little as possible.
         "worker_prefetch_multiplier": 1,
         # On connection loss the late ack is gone and the message comes back:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import ssl
+from collections.abc import Iterable
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -146,9 +147,35 @@ class Settings(BaseSettings):
     beat_max_interval: float = Field(5.0, gt=0, description="Beat wakes at least this often; its Redis lock "
                                      "lasts five times as long.")
 
-    # Logs
+    # HTTP intake (`bpx-worker serve`). Tokens are `name=secret` pairs: the name is recorded with each job
+    # it submits and picks the callback secret; the secret is what a service sends as its bearer token.
+    intake_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    intake_tokens_file: Path | None = Field(None, description="A file of `name=secret` lines, mode 0600.")
+    intake_host: str = Field("127.0.0.1", description="Address `serve` binds unless --host is given.")
+    intake_port: int = Field(8080, ge=1, le=65535)
+
+    # Callbacks when a job ends: only to these hosts (`host` or `host:port`), signed with the secret of the
+    # token that submitted the job (HMAC-SHA256), retried with backoff.
+    callback_allowed_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
+    callback_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    callback_secrets_file: Path | None = None
+    callback_max_attempts: int = Field(12, ge=1)
+    callback_initial_delay: float = Field(1.0, ge=0)
+    callback_max_delay: float | None = Field(None, gt=0, description="Cap on the delay; default RETRY_MAX_DELAY.")
+    callback_timeout: float = Field(5.0, gt=0, description="Seconds to connect and to read the answer.")
+
+    # Metrics. A worker serves them only when METRICS_PORT is set (several workers on one host need
+    # several ports); the intake serves them on its own port at /metrics.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # prometheus_client's own variable: where the pool processes of one worker keep their counters. Unset,
+    # a worker with METRICS_PORT makes a private directory; set, it must not be shared with another worker
+    # (each worker empties it at start).
+    prometheus_multiproc_dir: Path | None = None
+
+    # Logs: `auto` writes JSON when stderr is not a terminal (a file, a pipe, a log collector).
     log_level: str = "INFO"
-    log_format: str = Field("console", pattern="^(console|json)$")
+    log_format: str = Field("auto", pattern="^(auto|console|json)$")
 
     @field_validator("redis_url")
     @classmethod
@@ -191,6 +218,20 @@ class Settings(BaseSettings):
             return frozenset(item.strip() for item in value.split(",") if item.strip()) or None
         return value
 
+    @field_validator("intake_tokens", "callback_secrets", mode="before")
+    @classmethod
+    def _parse_named_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_named_secrets(value.split(","))
+        return value
+
+    @field_validator("callback_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(item.strip().lower() for item in value.split(",") if item.strip())
+        return value
+
     @model_validator(mode="after")
     def _no_contradictions(self) -> Settings:
         problems = contradictions(self)
@@ -231,13 +272,68 @@ class Settings(BaseSettings):
         """The base64 32-byte seed; ConfigurationError naming the variable when unset or malformed."""
         return _secret(self.backpack_api_secret, self.backpack_api_secret_file, "BACKPACK_API_SECRET")
 
+    @property
+    def callback_delay_cap(self) -> float:
+        return self.callback_max_delay if self.callback_max_delay is not None else self.retry_max_delay
+
+    def intake_token_secrets(self) -> dict[str, str]:
+        """Bearer tokens of the intake by name, from INTAKE_TOKENS and INTAKE_TOKENS_FILE."""
+        return _named_secrets(self.intake_tokens, self.intake_tokens_file, "INTAKE_TOKENS")
+
+    def callback_secret_values(self) -> dict[str, str]:
+        """Callback signing secrets by token name, from CALLBACK_SECRETS and CALLBACK_SECRETS_FILE."""
+        return _named_secrets(self.callback_secrets, self.callback_secrets_file, "CALLBACK_SECRETS")
+
+
+NAMED_SECRET_MIN = 16
+_SECRET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def parse_named_secrets(items: Iterable[str]) -> dict[str, SecretStr]:
+    """`name=secret` items -> {name: secret}. Messages name the entry, never its secret."""
+    found: dict[str, SecretStr] = {}
+    for number, item in enumerate(items, 1):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        name, sep, secret = item.partition("=")
+        name, secret = name.strip(), secret.strip()
+        if not sep or not _SECRET_NAME.fullmatch(name):
+            raise ValueError(f"entry {number}: expected name=secret, the name of letters, digits, '_', '.', '-'")
+        if len(secret) < NAMED_SECRET_MIN or any(ch.isspace() for ch in secret):
+            raise ValueError(f"entry {name!r}: the secret must be at least {NAMED_SECRET_MIN} characters, "
+                             "without spaces")
+        if name in found:
+            raise ValueError(f"entry {name!r} is given twice")
+        found[name] = SecretStr(secret)
+    return found
+
+
+def _named_secrets(values: dict[str, SecretStr], path: Path | None, name: str) -> dict[str, str]:
+    secrets = {key: value.get_secret_value() for key, value in values.items()}
+    if path is not None:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigurationError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        try:
+            from_file = parse_named_secrets(lines)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}_FILE: {exc}") from None
+        for key, value in from_file.items():
+            if key in secrets:
+                raise ConfigurationError(f"{name}_FILE: entry {key!r} is also in {name}")
+            secrets[key] = value.get_secret_value()
+    return secrets
+
 
 def contradictions(s: Settings) -> list[str]:
     """Settings that are each valid but cannot work together, one message per pair, naming the variables."""
     problems: list[str] = []
     # A countdown longer than the visibility timeout makes Redis redeliver the
     # retry message while a worker still holds it: it would then run twice.
-    for name, delay in (("RETRY_MAX_DELAY", s.retry_max_delay), ("RECONCILE_MAX_DELAY", s.reconcile_max_delay)):
+    for name, delay in (("RETRY_MAX_DELAY", s.retry_max_delay), ("RECONCILE_MAX_DELAY", s.reconcile_max_delay),
+                        ("CALLBACK_MAX_DELAY", s.callback_max_delay or 0.0)):
         if delay >= s.visibility_timeout:
             problems.append(f"{name} ({delay:g}s) must be below VISIBILITY_TIMEOUT ({s.visibility_timeout}s)")
     for first, cap, initial, maximum in (

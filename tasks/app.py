@@ -7,6 +7,7 @@ and exit 78 (EX_CONFIG) before connecting to anything.
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 from typing import Any, NoReturn
@@ -14,7 +15,8 @@ from typing import Any, NoReturn
 import structlog
 from celery import Celery, signals
 
-from bpx_worker import logs
+from bpx_worker import logs, metrics
+from bpx_worker.arazzo.workflow import withdrawal_workflow
 from bpx_worker.config import settings as config_settings
 from bpx_worker.config.celery import celery_settings
 from bpx_worker.engine.engine import StepEngine
@@ -56,14 +58,18 @@ except ConfigurationError as _exc:
 
 app = Celery("withdrawal")
 app.config_from_object(celery_settings(_settings))
-app.conf.include = ["bpx_worker.tasks.withdrawal", "bpx_worker.tasks.batches"]
+app.conf.include = ["bpx_worker.tasks.withdrawal", "bpx_worker.tasks.batches", "bpx_worker.tasks.callbacks"]
+
+log = structlog.get_logger(__name__)
 
 
 @lru_cache(maxsize=1)
 def job_store() -> RedisJobStore:
     """The store workers use: it rides out a short Redis restart."""
     s = config_settings.get()
-    return RedisJobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout, **s.redis_ssl_options())
+    store = RedisJobStore.from_url(s.redis_url, s.job_retention, s.redis_socket_timeout, **s.redis_ssl_options())
+    store.observer = metrics.observe_change  # what the engine records is what the metrics count
+    return store
 
 
 @lru_cache(maxsize=1)
@@ -113,7 +119,8 @@ def exchange_client() -> BackpackClient:
 @lru_cache(maxsize=1)
 def step_engine() -> StepEngine:
     s = config_settings.get()
-    return build_engine(s, job_store(), exchange_client(), signer())
+    client = metrics.MeteredExchange(exchange_client(), withdrawal_workflow())
+    return build_engine(s, job_store(), client, signer())
 
 
 @lru_cache(maxsize=1)
@@ -166,3 +173,38 @@ def _fresh_connections(**_: object) -> None:
     exchange_client.cache_clear()
     step_engine.cache_clear()
     unconfigured_engine.cache_clear()
+
+
+# --- metrics: counted by the pool processes, served by the worker's main process ----------------
+
+_worker_metrics: metrics.WorkerMetrics | None = None
+
+
+@signals.worker_init.connect
+def _prepare_metrics(**_: object) -> None:
+    # In the main process, before the pool forks: the pool processes must count into files it can read.
+    global _worker_metrics
+    s = config_settings.get()
+    if s.metrics_port is not None:
+        _worker_metrics = metrics.prepare_worker(s.prometheus_multiproc_dir)
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    s = config_settings.get()
+    if _worker_metrics is None or s.metrics_port is None:
+        return
+    try:
+        metrics.serve_worker(_worker_metrics, s.metrics_host, s.metrics_port, job_store)
+    except OSError as exc:
+        log.error("metrics_unavailable", host=s.metrics_host, port=s.metrics_port, error=str(exc))
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_exits(**_: object) -> None:
+    metrics.pool_process_exited(_worker_metrics, os.getpid())
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: object) -> None:
+    metrics.stop_worker(_worker_metrics)

@@ -15,6 +15,7 @@
     ├── JobError                the job store
     │   ├── JobNotFound         no record for that job id
     │   └── LeaseLost           another run of the same step holds a newer lease
+    ├── JobEnded                a step ended its job failed / needs_review (ends the Celery task as a failure)
     └── ExchangeError           talking to the exchange; the type decides what may be done next
         ├── TransientError      certainly not processed: retry with backoff
         │   └── RateLimited     not sent: the shared rate limit toward the exchange binds; re-queue
@@ -108,6 +109,23 @@ class JobNotFound(JobError):
 
 class LeaseLost(JobError):
     pass
+
+
+class JobEnded(WorkerError):
+    """A step ended its job `failed` or `needs_review`; the record already says so.
+
+    Raised by the step task after the record is written, so that Celery (and
+    Flower) show the task as failed with the job's code. It is never retried.
+    The arguments are plain strings, so the exception pickles and reads well
+    in Flower: `JobEnded('INSUFFICIENT_FUNDS', 'failed', '<job id>')`.
+    """
+
+    def __init__(self, code: str, state: str, job_id: str):
+        super().__init__(code, state, job_id)
+        self.code, self.state, self.job_id = code, state, job_id
+
+    def __str__(self) -> str:
+        return f"{self.code}: job {self.job_id} ended {self.state}"
 
 
 class ExchangeError(WorkerError):

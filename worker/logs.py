@@ -60,9 +60,19 @@ SHARED: list[structlog.typing.Processor] = [
 ]
 
 
-def configure(level: str = "INFO", fmt: str = "console") -> None:
-    """Route structlog and stdlib logging (Celery's too) through one pipeline to stderr."""
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+def json_output(fmt: str, stream: Any = None) -> bool:
+    """Whether lines are JSON: `json`, or `auto` when the stream is not a terminal (a file, a pipe, a collector)."""
+    if fmt == "auto":
+        stream = stream if stream is not None else sys.stderr
+        isatty = getattr(stream, "isatty", None)
+        return not (isatty is not None and isatty())
+    return fmt == "json"
+
+
+def configure(level: str = "INFO", fmt: str = "auto") -> None:
+    """Route structlog and stdlib logging (Celery's, uvicorn's, the libraries') through one pipeline to stderr."""
+    renderer: Any = (structlog.processors.JSONRenderer() if json_output(fmt)
+                     else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[*SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

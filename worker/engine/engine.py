@@ -92,6 +92,7 @@ class Next:
     action: Literal["continue", "retry", "stop"]
     countdown: float = 0.0
     state: JobState | None = None
+    code: str | None = None  # set when this run ended the job failed / needs_review: the error code it recorded
 
 
 CONTINUE = Next("continue")
@@ -163,7 +164,7 @@ class StepEngine:
             done = record.steps.get(step_id)
             if done is not None and done.state is StepState.DONE:
                 return CONTINUE
-            with structlog.contextvars.bound_contextvars(job_id=job_id, step=step_id):
+            with structlog.contextvars.bound_contextvars(job_id=job_id, step=step_id, **self._log_ids(record)):
                 record = self._start(lease, step_id)
                 try:
                     if is_at_most_once(step):
@@ -393,6 +394,16 @@ class StepEngine:
             failed=[] if ok else failed_conditions(step, judged),
         )
 
+    def _log_ids(self, record: JobRecord) -> dict[str, Any]:
+        """Ids worth carrying on every log line of the job: its batch, and what its steps created so far."""
+        ids: dict[str, Any] = {"batch_id": record.batch_id} if record.batch_id else {}
+        for outputs in record.done_outputs().values():
+            for output, field_name in self.rules.log_ids.items():
+                value = outputs.get(output)
+                if isinstance(value, str | int):
+                    ids[field_name] = value
+        return ids
+
     def _context(self, record: JobRecord, extra_inputs: Mapping[str, Any] | None = None) -> Context:
         return Context(inputs={**record.inputs, **(extra_inputs or {})}, steps=record.done_outputs())
 
@@ -477,7 +488,7 @@ class StepEngine:
         self.store.update(lease, change, {"event": "job_ended", "state": state.value, "step": step_id,
                                           "code": str(code), "message": message})
         log.warning("job_ended", state=state.value, code=str(code), message=message)
-        return Next("stop", state=state)
+        return Next("stop", state=state, code=str(code))
 
 
 def _attempt_state(step_id: str, number: int, state: AttemptState, error: str | None = None) -> Change:

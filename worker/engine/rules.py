@@ -75,3 +75,5 @@ class Rules:
     settlement: Mapping[str, Settlement] = field(default_factory=dict)
     lookup: Mapping[str, Lookup] = field(default_factory=dict)
     keep: Mapping[str, Keep] = field(default_factory=dict)  # by operationId: outputs recorded, once checked
+    # Step outputs that identify what the job created, bound to its log lines once known: output -> log field.
+    log_ids: Mapping[str, str] = field(default_factory=dict)

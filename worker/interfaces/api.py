@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -67,22 +68,44 @@ def submit_withdrawal(
     `IdempotencyConflict` naming the fields that differ. Bad input raises
     `InvalidRequest` naming each field. In both cases nothing is written.
     """
-    settings = config_settings.get()
     request = validate_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
-                                  two_factor_token=two_factor_token, window=window, settings=settings)
+                                  two_factor_token=two_factor_token, window=window)
+    return submit_request(request, store=store).job_id
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    created: bool  # False: the idempotency key already named this job, for the same request
+
+
+def submit_request(request: WithdrawalRequest, *, store: RedisJobStore | None = None,
+                   submitted_by: str | None = None, callback_url: str | None = None) -> Submission:
+    """Enqueue a request `validate_withdrawal` (or `parse_request`) accepted; says whether the job is new.
+
+    `submitted_by` and `callback_url` are the HTTP intake's (the token's name,
+    and where to report the end, checked against the allow-list by the caller):
+    they are part of the request, so the same key from another token, or with
+    another callback, raises `IdempotencyConflict` like another amount would.
+    """
     key = request.idempotency_key or uuid.uuid4().hex
     client_id = withdrawal.client_id(key)
     inputs = {**request.public_inputs(), "clientId": client_id}
+    fingerprint: dict[str, Any] = dict(request.fingerprint())
+    for name, value in (("submitted_by", submitted_by), ("callback_url", callback_url)):
+        if value is not None:  # absent for the Python API and the CLI, so their fingerprints stay as they were
+            fingerprint[name] = value
     sealed = None
     if request.two_factor_token is not None:
-        sealed = twofactor.seal(request.two_factor_token.get_secret_value(), settings.api_key())
+        sealed = twofactor.seal(request.two_factor_token.get_secret_value(), config_settings.get().api_key())
     jobs = _store(store)
-    job_id, created = jobs.create(key, client_id, inputs, sealed, request=request.fingerprint())
+    job_id, created = jobs.create(key, client_id, inputs, sealed, request=fingerprint, submitted_by=submitted_by,
+                                  callback_url=callback_url)
     if created or jobs.require(job_id).state == JobState.QUEUED:
         # Enqueue again when a previous submit crashed before enqueueing; a
         # duplicate chain is harmless (steps are idempotent and leased).
         workflow_chain(job_id).apply_async()
-    return job_id
+    return Submission(job_id, created)
 
 
 def get_job(job_id: str, store: RedisJobStore | None = None) -> JobRecord:

@@ -32,6 +32,7 @@ from bpx_worker.errors import (
     JobNotFound,
     ServiceUnavailable,
 )
+from bpx_worker.interfaces.serve import serve
 from bpx_worker.jobs.record import JobRecord
 from bpx_worker.jobs.store import RedisJobStore
 
@@ -390,6 +391,7 @@ def _describe(event: dict[str, str]) -> str:
 from bpx_worker.interfaces.batch_cli import batch  # noqa: E402 - the `batch` group, registered below
 
 main.add_command(batch)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -117,6 +117,10 @@ class JobRecord(BaseModel):
     idempotency_key: str
     client_id: str
     batch_id: str | None = None
+    # Who submitted it through the HTTP intake (the token's name, never its secret), and where to tell
+    # them when it ends; both None for jobs submitted through the Python API or the CLI.
+    submitted_by: str | None = None
+    callback_url: str | None = None
     state: JobState = JobState.QUEUED
     current_step: str | None = None
     inputs: dict[str, Any]

@@ -10,10 +10,14 @@ Keys (all under the prefix `bpxw:`):
 | `bpxw:job:<id>:fence`        | counter    | fencing token: bumped at every lease grant               |
 | `bpxw:job:<id>:sealed2fa`    | string     | the two-factor token sealed to the worker's key; deleted |
 |                              |            | as soon as the withdrawal request has used it            |
+| `bpxw:job:<id>:callback`     | hash       | delivery of the job's end callback: `state` (delivered,  |
+|                              |            | failed, refused), `attempts`, `status`, `error`, `at`    |
 | `bpxw:idem:<key>`            | hash       | idempotency key -> `job` (its id) and `request` (the     |
 |                              |            | request's fingerprint, JSON); created with the record    |
 | `bpxw:jobs`                  | sorted set | every job id by creation time (trimmed after retention)  |
 | `bpxw:active`                | sorted set | unfinished job ids by time of their last change          |
+| `bpxw:paused`                | any        | present while the kill switch holds withdrawal requests  |
+|                              |            | (read here for the metrics gauge only)                   |
 
 A job is created by one script (`_CREATE`): the idempotency key, the record,
 both indexes, the sealed token and the first event are written together or
@@ -33,17 +37,21 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
+import structlog
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from bpx_worker.errors import IdempotencyConflict, JobError, JobNotFound, LeaseLost, ServiceUnavailable
 from bpx_worker.jobs.base import Change, Lease
-from bpx_worker.jobs.record import JobRecord
+from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.logs import hide_credentials
+
+log = structlog.get_logger(__name__)
 
 PREFIX = "bpxw:"
 
@@ -110,12 +118,32 @@ def sealed_2fa_key(job_id: str) -> str:
     return f"{job_key(job_id)}:sealed2fa"
 
 
+def callback_key(job_id: str) -> str:
+    return f"{job_key(job_id)}:callback"
+
+
 def idem_key(idempotency_key: str) -> str:
     return f"{PREFIX}idem:{idempotency_key}"
 
 
 JOBS_INDEX = f"{PREFIX}jobs"
 ACTIVE_INDEX = f"{PREFIX}active"
+PAUSED = f"{PREFIX}paused"
+
+# What one request to `page` may read of the job index before it answers with what it found so far.
+PAGE_SCAN_LIMIT = 1000
+_PAGE_CHUNK = 200
+
+# An observer of every recorded change: (the event written with it, the record after the change).
+Observer = Callable[[Mapping[str, Any], JobRecord], None]
+
+
+@dataclass(frozen=True)
+class Page:
+    """Jobs newest first, and the cursor of the next page (None when the index is exhausted)."""
+
+    records: list[JobRecord]
+    next_cursor: str | None
 
 
 # redis-py errors that mean "Redis cannot serve us now": unreachable, timed out, loading,
@@ -157,10 +185,11 @@ def _map_redis_errors(cls: type[_T]) -> type[_T]:
 
 @_map_redis_errors
 class RedisJobStore:
-    def __init__(self, client: redis.Redis, retention: int = 7 * 24 * 3600):
+    def __init__(self, client: redis.Redis, retention: int = 7 * 24 * 3600, observer: Observer | None = None):
         self.redis = client
         self.retention = retention
         self._create = client.register_script(_CREATE)
+        self.observer = observer  # the metrics count what the engine records, from the events it writes
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
@@ -185,7 +214,8 @@ class RedisJobStore:
 
     def create(self, idempotency_key: str, client_id: str, inputs: dict[str, Any],
                sealed_2fa: bytes | None = None, batch_id: str | None = None, *,
-               request: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+               request: Mapping[str, Any] | None = None, submitted_by: str | None = None,
+               callback_url: str | None = None) -> tuple[str, bool]:
         """Create the job for `idempotency_key` once. Returns (job_id, created).
 
         `request` is the request's fingerprint (`WithdrawalRequest.fingerprint()`),
@@ -197,7 +227,8 @@ class RedisJobStore:
         job_id = uuid.uuid4().hex
         now = time.time()
         record = JobRecord(job_id=job_id, idempotency_key=idempotency_key, client_id=client_id, inputs=inputs,
-                           batch_id=batch_id, created_at=now, updated_at=now)
+                           batch_id=batch_id, submitted_by=submitted_by, callback_url=callback_url,
+                           created_at=now, updated_at=now)
         keys = [idem_key(idempotency_key), job_key(job_id), events_key(job_id), JOBS_INDEX, ACTIVE_INDEX,
                 sealed_2fa_key(job_id)]
         args: list[str | float] = [job_id, fingerprint, record.to_json(), now,
@@ -259,6 +290,84 @@ class RedisJobStore:
         raw = self.redis.get(sealed_2fa_key(job_id))
         return bytes.fromhex(str(raw)) if raw else None
 
+    def page(self, *, cursor: str | None = None, limit: int = 50, state: JobState | None = None,
+             batch_id: str | None = None, scan_limit: int = PAGE_SCAN_LIMIT) -> Page:
+        """Jobs newest first from the job index, optionally only one state or batch.
+
+        `cursor` is a previous page's `next_cursor` (ValueError when it is not
+        one). A page reads at most `scan_limit` index entries, so a filter that
+        matches few jobs answers with fewer than `limit` (even none) and a
+        cursor to go on from; the last page has no cursor. Jobs created while a
+        client pages are newer than its cursor and do not shift its pages.
+        """
+        position = _parse_cursor(cursor) if cursor is not None else None
+        found: list[JobRecord] = []
+        scanned = 0
+        while scanned < scan_limit:
+            want = min(_PAGE_CHUNK, scan_limit - scanned)
+            if position is None:
+                entries = cast(list[tuple[str, float]], self.redis.zrevrangebyscore(
+                    JOBS_INDEX, "+inf", "-inf", start=0, num=want, withscores=True))
+            else:
+                score, last_id = position
+                # Members sharing the cursor's score sort by id (descending here): skip those not after it.
+                ties = int(self.redis.zcount(JOBS_INDEX, repr(score), repr(score)))
+                around = cast(list[tuple[str, float]], self.redis.zrevrangebyscore(
+                    JOBS_INDEX, repr(score), "-inf", start=0, num=want + ties, withscores=True))
+                entries = [(member, s) for member, s in around if s != score or member < last_id][:want]
+            if not entries:
+                return Page(found, None)
+            raws = cast(list[str | None], self.redis.mget([job_key(member) for member, _ in entries]))
+            for (member, score_of), raw in zip(entries, raws, strict=True):
+                scanned += 1
+                position = (float(score_of), str(member))
+                if raw is None:  # ended past its retention; the index forgets it later
+                    continue
+                record = JobRecord.from_json(raw)
+                if (state is None or record.state is state) and (batch_id is None or record.batch_id == batch_id):
+                    found.append(record)
+                    if len(found) == limit:
+                        return Page(found, _cursor(position))
+            if len(entries) < want:
+                return Page(found, None)
+        return Page(found, _cursor(position) if position is not None else None)
+
+    # --- operators' gauges ------------------------------------------------------------------
+
+    def active_jobs(self) -> tuple[int, float | None]:
+        """How many jobs are unfinished, and the time of the oldest last change among them."""
+        count = int(self.redis.zcard(ACTIVE_INDEX))
+        oldest = cast(list[tuple[str, float]], self.redis.zrange(ACTIVE_INDEX, 0, 0, withscores=True))
+        return count, (float(oldest[0][1]) if oldest else None)
+
+    def paused(self) -> bool:
+        """Whether the kill switch key is present."""
+        return bool(self.redis.exists(PAUSED))
+
+    # --- end callbacks ----------------------------------------------------------------------
+
+    def callback_delivery(self, job_id: str) -> dict[str, str]:
+        """What became of the job's end callback so far (empty before the first attempt)."""
+        return cast(dict[str, str], self.redis.hgetall(callback_key(job_id)))
+
+    def record_callback(self, job_id: str, *, state: str | None = None, attempt: bool = False,
+                        status: int | None = None, error: str | None = None) -> None:
+        """Note an attempt at, or the outcome of, the job's end callback; kept for the retention period."""
+        values: dict[Any, Any] = {"at": repr(time.time())}
+        if state is not None:
+            values["state"] = state
+        if status is not None:
+            values["status"] = str(status)
+        if error is not None:
+            values["error"] = error[:500]
+        key = callback_key(job_id)
+        with self.redis.pipeline() as pipe:
+            if attempt:
+                pipe.hincrby(key, "attempts", 1)
+            pipe.hset(key, mapping=values)
+            pipe.expire(key, self.retention)
+            pipe.execute()
+
     # --- leases -----------------------------------------------------------------------------
 
     def acquire(self, job_id: str, ttl: float) -> Lease | None:
@@ -301,9 +410,15 @@ class RedisJobStore:
                     else:
                         pipe.zadd(ACTIVE_INDEX, {lease.job_id: record.updated_at})
                     pipe.execute()
-                    return record
+                    break
                 except redis.WatchError:
                     continue
+        if self.observer is not None and event:
+            try:
+                self.observer(event, record)
+            except Exception:  # counting a change must never fail the step that made it (logged, not swallowed)
+                log.exception("observer_failed", job_id=lease.job_id)
+        return record
 
     def drop_sealed_2fa(self, job_id: str) -> None:
         self.redis.delete(sealed_2fa_key(job_id))
@@ -326,6 +441,21 @@ def _same_amount(a: Any, b: Any) -> bool:
         return a is not None and b is not None and Decimal(str(a)) == Decimal(str(b))
     except InvalidOperation:
         return False
+
+
+def _cursor(position: tuple[float, str]) -> str:
+    return f"{position[0]!r}:{position[1]}"
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    score, sep, job_id = cursor.partition(":")
+    try:
+        value = float(score)
+    except ValueError:
+        value = float("nan")
+    if not sep or not job_id or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a cursor of the job index")
+    return value, job_id
 
 
 def _flat(event: dict[str, Any]) -> dict[str, str]:

@@ -95,6 +95,7 @@ def workflow_rules(max_quantity: Mapping[str, Decimal] | None = None,
             HISTORY_OPERATION, key="clientId",
             fields={"symbol": "symbol", "blockchain": "blockchain", "quantity": "quantity", "address": "toAddress"},
         )},
+        log_ids={"withdrawalId": "withdrawal_id"},
     )
 
 
