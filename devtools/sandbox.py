@@ -544,6 +544,9 @@ def _parse_limits_query(params: dict[str, str]) -> dict[str, Any]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of clients (a batch, the chaos
+    # suite) would see connections dropped and retried by TCP, seconds late.
+    request_queue_size = 128
     sandbox: Sandbox
 
     def __init__(self, *args: Any, **kwargs: Any):

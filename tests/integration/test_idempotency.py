@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from bpx_worker.errors import IdempotencyConflict
+from bpx_worker.exchange.ratelimit import PREFIX as RATE_PREFIX
 from bpx_worker.interfaces.api import submit_withdrawal, wait_for
 from bpx_worker.jobs.store import ACTIVE_INDEX, JOBS_INDEX, RedisJobStore, events_key, idem_key, job_key
 from bpx_worker.withdrawal import rules
@@ -29,8 +30,8 @@ def _key() -> str:
 
 
 def _bpxw(store) -> dict[str, str]:
-    """Every job-store key and its whole value."""
-    return {k: v for k, v in redis_dump(store.redis).items() if k.startswith("bpxw:")}
+    """Every job-store key and its whole value (not the rate limiter's, which changes on its own)."""
+    return {k: v for k, v in redis_dump(store.redis).items() if k.startswith("bpxw:") and not k.startswith(RATE_PREFIX)}
 
 
 # --- same key, same request -------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""The Python API for upstream services: submit a withdrawal, read it, wait for it."""
+"""The Python API for upstream services: submit a withdrawal, read it, wait for it.
+
+`get_job` and `wait_for` return the typed `JobRecord` (README, "The job record");
+the errors a caller handles are `InvalidRequest` (bad input, nothing written),
+`IdempotencyConflict` (same key, another request), `JobNotFound` and
+`ServiceUnavailable`, all under `bpx_worker.errors.WorkerError`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from bpx_worker.tasks.app import job_store
 from bpx_worker.tasks.withdrawal import workflow_chain
 from bpx_worker.withdrawal import rules as withdrawal
 from bpx_worker.withdrawal.request import SafetyLimits, WithdrawalRequest, parse_request
+
+__all__ = ["JobRecord", "JobState", "get_job", "submit_request", "submit_withdrawal", "validate_withdrawal", "wait_for"]
 
 
 def _store(store: RedisJobStore | None) -> RedisJobStore:
