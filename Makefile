@@ -10,9 +10,11 @@ LINT_TREE := .lint-build
 
 .PHONY: run test unit chaos-large bench sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
 
+# The first install takes a minute or two: pip shows each package as it comes (no --quiet).
 $(STAMP): pyproject.toml
+	@echo "installing the project and its dependencies into $(VENV) (the first time takes a minute or two)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev,flower]"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -e ".[test,dev,flower]"
 	touch $(STAMP)
 
 $(LINT_STAMP): pyproject.toml $(STAMP)

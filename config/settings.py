@@ -264,6 +264,13 @@ class Settings(BaseSettings):
             options["ssl_keyfile"] = str(self.redis_key_file)
         return options
 
+    @property
+    def redis_url_explicit(self) -> bool:
+        """Whether REDIS_URL was given (in the environment), rather than left at its default.
+
+        Commands run by hand refuse the default: the Redis on 127.0.0.1:6379 may be anyone's."""
+        return "redis_url" in self.model_fields_set
+
     def api_key(self) -> str:
         """The base64 ED25519 public key; ConfigurationError naming the variable when unset or malformed."""
         return _secret(self.backpack_api_key, self.backpack_api_key_file, "BACKPACK_API_KEY")

@@ -107,7 +107,7 @@ def main() -> int:
     from bpx_worker import logs
 
     logs.configure("WARNING")
-    return run_demo(Console(highlight=False))
+    return run_demo(Console(highlight=False, soft_wrap=True))  # lines are never broken mid-word
 
 
 if __name__ == "__main__":

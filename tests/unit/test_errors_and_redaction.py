@@ -14,7 +14,7 @@ import structlog
 
 from bpx_worker import logs
 from bpx_worker.errors import JobError, ServiceUnavailable, WorkerError
-from bpx_worker.interfaces import cli
+from bpx_worker.interfaces import cli, common
 from bpx_worker.jobs.base import Lease
 from bpx_worker.jobs.store import RedisJobStore
 
@@ -74,14 +74,15 @@ def _readme_exit_codes() -> dict[int, str]:
 
 
 def test_the_readme_exit_code_table_mirrors_the_cli():
-    assert _readme_exit_codes() == cli.EXIT_CODES
+    assert _readme_exit_codes() == common.EXIT_CODES
 
 
 def test_exit_codes_are_distinct_and_service_unavailable_is_not_failed():
-    codes = [cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_NEEDS_REVIEW, cli.EXIT_NOT_FOUND,
-             cli.EXIT_CONFLICT, cli.EXIT_UNAVAILABLE, cli.EXIT_SOFTWARE, cli.EXIT_CONFIG]
-    assert len(set(codes)) == len(codes) and set(codes) == set(cli.EXIT_CODES)
-    assert (cli.EXIT_UNAVAILABLE, cli.EXIT_CONFIG) == (69, 78)
+    codes = [common.EXIT_OK, common.EXIT_FAILED, common.EXIT_USAGE, common.EXIT_NEEDS_REVIEW, common.EXIT_NOT_FOUND,
+             common.EXIT_CONFLICT, common.EXIT_REFUSED, common.EXIT_FINDINGS, common.EXIT_UNAVAILABLE,
+             common.EXIT_SOFTWARE, common.EXIT_TIMEOUT, common.EXIT_CONFIG]
+    assert len(set(codes)) == len(codes) and set(codes) == set(common.EXIT_CODES)
+    assert (common.EXIT_UNAVAILABLE, common.EXIT_CONFIG) == (69, 78)
 
 
 @pytest.mark.parametrize("error, code", [

@@ -20,6 +20,11 @@ behaviour comes from what the document says about it, plus the `Rules` table:
 Once a request that moves money may have reached the exchange, no later failure
 can say "failed": the job ends `needs_review`.
 
+A `gate` (the kill switch: `bpx-worker pause`) can hold every new request that
+moves money: it is asked right before an attempt is marked `sending`; a held
+step records what it waits on (`steps.<id>.waiting_on`) and comes back after a
+short countdown. Reads, polls and lookups of requests already sent go on.
+
 Every step is safe to run twice: it first takes the job's lease (one run per job
 at a time, with a fencing token), then reads the record; a step already done is
 skipped and a job already ended stops the chain.
@@ -108,6 +113,12 @@ class Timing:
     poll_deadline: float  # seconds from a polled step's start to a settled answer
     lookup_deadline: float  # seconds from the last send to finding an ambiguous request
     lease_ttl: float
+    hold_recheck: float = 2.0  # a step held by the gate asks again after this many seconds...
+    hold_heartbeat: float = 300.0  # ...and touches the record this often, so the sweep leaves it be
+
+
+# Asked right before a request that moves money is sent: what holds it now (e.g. "pause"), or None to go on.
+SendGate = Callable[[], str | None]
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,10 @@ def is_polled(step: Step) -> bool:
 
 class StepEngine:
     def __init__(self, store: JobStore, client: Exchange, workflow: Workflow, rules: Rules, timing: Timing,
-                 open_sealed: Callable[[bytes], str] | None = None, clock: Callable[[], float] = time.time):
+                 open_sealed: Callable[[bytes], str] | None = None, clock: Callable[[], float] = time.time,
+                 gate: SendGate | None = None):
         self.store = store
+        self.gate = gate
         self.client = client
         self.workflow = workflow
         self.rules = rules
@@ -165,7 +178,12 @@ class StepEngine:
             if done is not None and done.state is StepState.DONE:
                 return CONTINUE
             with structlog.contextvars.bound_contextvars(job_id=job_id, step=step_id, **self._log_ids(record)):
-                record = self._start(lease, step_id)
+                if is_at_most_once(step) and not _may_have_reached(done):
+                    # Checked before the step starts too, so a long pause writes nothing at each recheck.
+                    hold = self._hold()
+                    if hold is not None:
+                        return self._wait(lease, record, step, hold)
+                record = self._start(lease, step_id, waited=done.waiting_on if done is not None else None)
                 try:
                     if is_at_most_once(step):
                         return self._send_once(lease, record, step)
@@ -288,6 +306,10 @@ class StepEngine:
             ctx = self._context(record, secret_inputs)
             request = build_request(step, ctx)
             number = len(entry.attempts) + 1
+            # The kill switch, asked last: a pause set before this point holds the request.
+            hold = self._hold()
+            if hold is not None:
+                return self._wait(lease, self.store.require(lease.job_id), step, hold)
             self._mark(lease, step, number, AttemptState.SENDING, event="submitting")
             try:
                 response = self.client.send(request)
@@ -324,6 +346,27 @@ class StepEngine:
         self.store.update(lease, _attempt_state(step.step_id, number, state, error),
                           {"event": event or f"attempt_{state}", "step": step.step_id, "attempt": number,
                            "message": error})
+
+    def _hold(self) -> str | None:
+        return self.gate() if self.gate is not None else None
+
+    def _wait(self, lease: Lease, record: JobRecord, step: Step, hold: str) -> Next:
+        """Hold a request that moves money: come back after a short countdown. The wait is recorded once
+        (and the record touched now and then, so the sweep does not take the job for stalled)."""
+        entry = record.steps.get(step.step_id)
+        now = self.clock()
+        if entry is None or entry.waiting_on != hold:
+            def waiting(r: JobRecord) -> None:
+                r.state, r.current_step = JobState.RUNNING, step.step_id
+                e = r.steps.setdefault(step.step_id, StepRecord(started_at=now))
+                e.waiting_on, e.waiting_since = hold, now
+
+            self.store.update(lease, waiting, {"event": "waiting", "step": step.step_id, "on": hold,
+                                               "message": f"held ({hold}): nothing sent yet"})
+            log.warning("step_held", on=hold)
+        elif now - record.updated_at >= self.timing.hold_heartbeat:
+            self.store.update(lease, _unchanged)
+        return Next("retry", countdown=self.timing.hold_recheck)
 
     def _look_up(self, lease: Lease, record: JobRecord, step: Step) -> Next:
         """Find what an attempt that may have reached the exchange created; never send it again."""
@@ -416,14 +459,18 @@ class StepEngine:
                 return JobState.NEEDS_REVIEW
         return JobState.FAILED
 
-    def _start(self, lease: Lease, step_id: str) -> JobRecord:
+    def _start(self, lease: Lease, step_id: str, waited: str | None = None) -> JobRecord:
         def change(r: JobRecord) -> None:
             r.state, r.current_step = JobState.RUNNING, step_id
             entry = r.steps.setdefault(step_id, StepRecord(started_at=self.clock()))
+            if entry.waiting_on is not None and entry.runs == 0:
+                entry.started_at = self.clock()  # the step starts now; the wait is `waiting_since` to now
             entry.state = StepState.RUNNING
             entry.runs += 1
+            entry.waiting_on = entry.waiting_since = None
 
-        return self.store.update(lease, change, {"event": "step_started", "step": step_id})
+        return self.store.update(lease, change, {"event": "step_started", "step": step_id,
+                                                 "message": f"released ({waited})" if waited else None})
 
     def _transient(self, lease: Lease, record: JobRecord, step: Step, exc: ExchangeError) -> Next:
         if isinstance(exc, RateLimited):
@@ -489,6 +536,14 @@ class StepEngine:
                                           "code": str(code), "message": message})
         log.warning("job_ended", state=state.value, code=str(code), message=message)
         return Next("stop", state=state, code=str(code))
+
+
+def _may_have_reached(entry: StepRecord | None) -> bool:
+    return entry is not None and any(a.state.may_have_reached for a in entry.attempts)
+
+
+def _unchanged(_: JobRecord) -> None:
+    """A write that changes nothing but the record's `updated_at`."""
 
 
 def _attempt_state(step_id: str, number: int, state: AttemptState, error: str | None = None) -> Change:

@@ -1,7 +1,8 @@
 """`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker and Flower.
 
 Results go to stdout, errors to stderr as one line (no traceback), and the exit
-code says what happened: see `EXIT_CODES`, mirrored in the README.
+code says what happened: see `EXIT_CODES` (`common.py`), mirrored in the README.
+The operators' commands live in `ops_cli.py` and are registered here.
 """
 
 from __future__ import annotations
@@ -11,76 +12,41 @@ import json
 import os
 import secrets
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
-import kombu.exceptions
-import redis
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from bpx_worker import logs
-from bpx_worker.config import settings as config_settings
 from bpx_worker.errors import (
     ConfigurationError,
     IdempotencyConflict,
     InvalidRequest,
     JobNotFound,
-    ServiceUnavailable,
 )
+from bpx_worker.interfaces import ops_cli
+from bpx_worker.interfaces.common import (
+    ERROR_EXITS,
+    EXIT_CONFLICT,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    STATE_EXIT,
+    console,
+    errors,
+    fail,
+    redis_settings,
+)
+from bpx_worker.interfaces.common import settings as _settings
+from bpx_worker.interfaces.common import store as _store
+from bpx_worker.interfaces.display import follow as _follow
+from bpx_worker.interfaces.display import show
 from bpx_worker.interfaces.serve import serve
-from bpx_worker.jobs.record import JobRecord
-from bpx_worker.jobs.store import RedisJobStore
-
-# The exit codes of every command: one table, mirrored in the README.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2  # click uses 2 for bad arguments too
-EXIT_NEEDS_REVIEW = 3
-EXIT_NOT_FOUND = 4
-EXIT_CONFLICT = 5
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
-EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE
-EXIT_CONFIG = 78  # sysexits EX_CONFIG
-
-EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "done; `watch` and `submit --wait`: the job succeeded",
-    EXIT_FAILED: "the job failed (nothing was sent, or the exchange refused it)",
-    EXIT_USAGE: "bad input or arguments, each field named; nothing was written",
-    EXIT_NEEDS_REVIEW: "the job needs a human (the withdrawal may exist)",
-    EXIT_NOT_FOUND: "no such job",
-    EXIT_CONFLICT: "the idempotency key names a job with a different request (the fields named); nothing written",
-    EXIT_UNAVAILABLE: "service unavailable: Redis unreachable, timed out or refused the credentials",
-    EXIT_SOFTWARE: "unexpected error (a bug): traceback on stderr",
-    EXIT_CONFIG: "missing, malformed or contradictory configuration, the variable named",
-}
-
-# Which error ends a command with which code (commands handle the others); the first match wins.
-ERROR_EXITS: tuple[tuple[type[BaseException], int], ...] = (
-    (ConfigurationError, EXIT_CONFIG),
-    (ServiceUnavailable, EXIT_UNAVAILABLE),
-    # Publishing to the broker, and any Redis error outside the job store (a safety net).
-    (kombu.exceptions.OperationalError, EXIT_UNAVAILABLE),
-    (redis.ConnectionError, EXIT_UNAVAILABLE),
-    (redis.TimeoutError, EXIT_UNAVAILABLE),
-    (InvalidRequest, EXIT_USAGE),
-)
-
-STATE_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "needs_review": EXIT_NEEDS_REVIEW}
-STATE_STYLE = {"succeeded": "green", "failed": "red", "needs_review": "yellow", "running": "cyan", "queued": "blue"}
-
-console = Console(highlight=False)  # results: stdout
-errors = Console(highlight=False, stderr=True, soft_wrap=True)  # errors: stderr, one reason per line, never wrapped
-
-
-def fail(code: int, message: str) -> NoReturn:
-    """One line on stderr (URL passwords hidden), then exit with `code`."""
-    errors.print(f"[red]bpx-worker: {escape(logs.hide_credentials(message))}[/red]")
-    sys.exit(code)
 
 
 def _exit_for(exc: BaseException) -> int | None:
@@ -105,18 +71,8 @@ class _Commands(click.Group):
             fail(code, str(exc) or type(exc).__name__)
 
 
-def _settings() -> config_settings.Settings:
-    return config_settings.get()  # ConfigurationError -> exit 78 naming the variable
-
-
-def _store() -> RedisJobStore:
-    """The job store for commands: gives up on an unavailable Redis within seconds (exit 69)."""
-    from bpx_worker.tasks.app import interactive_job_store
-
-    return interactive_job_store()
-
-
 @click.group(cls=_Commands)
+@click.version_option(package_name="backpack-withdrawal-worker", prog_name="bpx-worker")
 def main() -> None:
     """Run and inspect Backpack balance-checked withdrawals."""
 
@@ -157,7 +113,7 @@ def submit(symbol, blockchain, address, quantity, idempotency_key, two_factor_to
     """Validate and enqueue one withdrawal; prints the job id."""
     from bpx_worker.interfaces.api import submit_withdrawal
 
-    _settings()
+    redis_settings()
     try:
         job_id = submit_withdrawal(symbol, blockchain, address, quantity, idempotency_key=idempotency_key,
                                    two_factor_token=two_factor_token, window=window, store=_store())
@@ -182,10 +138,10 @@ def _shown(value: Any) -> str:
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw record.")
 def status(job_id: str, as_json: bool) -> None:
-    """Show a job's record: state, steps, outputs, error."""
+    """Show a job's record: state, times, steps, outputs, error, resolution, what it waits on."""
     from bpx_worker.interfaces.api import get_job
 
-    _settings()
+    redis_settings()
     try:
         record = get_job(job_id, store=_store())
     except JobNotFound as exc:
@@ -193,15 +149,22 @@ def status(job_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True))
     else:
-        show(record)
+        waiting = any(step.waiting_on for step in record.steps.values())
+        show(record, pause=_store().sending_paused() if waiting else None)
 
 
 @main.command()
 @click.argument("job_id")
-def watch(job_id: str) -> None:
-    """Follow a job's steps live until it ends; the exit code tells the outcome."""
-    _settings()
-    sys.exit(follow(job_id))
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Give up after this many seconds (exit 75) if the job has not ended.")
+def watch(job_id: str, timeout: float | None) -> None:
+    """Print each event of a job at the time it happened, until it ends.
+
+    A finished job is replayed with its events' own times. Exit 0 succeeded, 1 failed,
+    3 needs review, 4 no such job, 75 timed out.
+    """
+    redis_settings()
+    sys.exit(follow(job_id, timeout=timeout))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -216,7 +179,7 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """
     from bpx_worker.tasks.app import app, check_worker_config
 
-    s = _settings()
+    s = redis_settings()
     check_worker_config()
     argv = ["worker", "--loglevel", s.log_level, "--concurrency", str(concurrency or s.worker_concurrency)]
     if beat:
@@ -238,7 +201,7 @@ def flower(ctx: click.Context, address: str, port: int, generate_auth: bool, no_
     The login comes from FLOWER_BASIC_AUTH (user:password[,user:password]); without it
     Flower does not start (exit 78) unless --generate-auth or --no-auth says otherwise.
     """
-    _settings()
+    redis_settings()
     login = _flower_login(os.environ.get("FLOWER_BASIC_AUTH"), generate_auth, no_auth)
     if importlib.util.find_spec("flower") is None:
         fail(EXIT_UNAVAILABLE, "flower is not installed (pip install 'backpack-withdrawal-worker[flower]')")
@@ -338,54 +301,18 @@ def run_inprocess(symbol, blockchain, address, quantity, idempotency_key, two_fa
     sys.exit(STATE_EXIT.get(result.state, EXIT_FAILED))
 
 
-# --- display -----------------------------------------------------------------------------------
+def follow(job_id: str, out: Console | None = None, timeout: float | None = None) -> int:
+    """Print each event of the job at the time it happened until it ends; the exit code of its final state."""
+    return _follow(_store(), job_id, out, timeout)
 
 
-def show(record: JobRecord) -> None:
-    state = record.state.value
-    console.print(f"job [bold]{record.job_id}[/bold]  state [{STATE_STYLE.get(state, 'white')}]{state}[/]"
-                  f"  clientId {record.client_id}")
-    console.print("  " + "  ".join(f"{k}={v}" for k, v in record.inputs.items()))
-    table = Table("step", "state", "runs", "status", "seconds", "detail", box=None, pad_edge=False)
-    for step_id, step in record.steps.items():
-        detail: dict[str, Any] = {k: v for k, v in step.outputs.items() if k != "balances"}
-        if step.polls:
-            detail["polls"] = step.polls
-        if step.attempts:
-            detail["attempts"] = [a.state.value for a in step.attempts]
-        table.add_row(step_id, step.state.value, str(step.runs), str(step.status_code or ""),
-                      str(step.seconds if step.seconds is not None else ""), json.dumps(detail) if detail else "")
-    console.print(table)
-    if record.outputs:
-        console.print(f"  outputs {json.dumps(record.outputs)}")
-    if record.error:
-        error = record.error
-        console.print(f"  [red]error at {error.step}: {error.code}: {error.message}[/red]")
-
-
-def follow(job_id: str, out: Console | None = None) -> int:
-    """Print each event of the job as it happens; return the exit code of its final state."""
-    out = out or console
-    store = _store()
-    if store.get(job_id) is None:
-        errors.print(f"[red]no job {escape(job_id)}[/red]")
-        return EXIT_NOT_FOUND
-    last = "0-0"
-    while True:
-        for entry_id, event in store.events(job_id, last, block_ms=2000):
-            last = entry_id
-            out.print(f"  {time.strftime('%H:%M:%S')} {_describe(event)}")
-        record = store.require(job_id)
-        if record.terminal:
-            outputs = json.dumps(record.outputs)
-            out.print(f"  => [{STATE_STYLE[record.state]}]{record.state.value}[/] {outputs}")
-            return STATE_EXIT[record.state]
-
-
-def _describe(event: dict[str, str]) -> str:
-    kind = event.get("event", "?")
-    detail = " ".join(f"{k}={v}" for k, v in event.items() if k != "event")
-    return f"{kind:<18} {detail}"
+main.add_command(ops_cli.jobs)
+main.add_command(ops_cli.resolve)
+main.add_command(ops_cli.pause)
+main.add_command(ops_cli.resume)
+main.add_command(ops_cli.cancel)
+main.add_command(ops_cli.audit)
+main.add_command(ops_cli.keys)
 
 
 from bpx_worker.interfaces.batch_cli import batch  # noqa: E402 - the `batch` group, registered below

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from bpx_worker import logs
-from bpx_worker.config import settings as config_settings
 from bpx_worker.errors import ConfigurationError
+from bpx_worker.interfaces.common import redis_settings
 
 
 @click.command()
@@ -18,7 +18,7 @@ def serve(host: str | None, port: int | None) -> None:
     Without a bearer token in INTAKE_TOKENS (or INTAKE_TOKENS_FILE) it refuses to
     start: the CLI turns the ConfigurationError into exit 78 naming the variable.
     """
-    settings = config_settings.get()
+    settings = redis_settings()  # an unset REDIS_URL is refused, as by every command run by hand
     if not settings.intake_token_secrets():
         raise ConfigurationError("INTAKE_TOKENS: not set (nor INTAKE_TOKENS_FILE): the intake refuses to start "
                                  "without a bearer token; set INTAKE_TOKENS=name=secret[,name=secret]")

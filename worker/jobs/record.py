@@ -67,6 +67,7 @@ class ErrorCode(StrEnum):
     DESTINATION_NOT_ALLOWED = "DESTINATION_NOT_ALLOWED"  # outside this worker's ALLOWED_DESTINATIONS
     TWO_FACTOR_UNREADABLE = "TWO_FACTOR_UNREADABLE"  # the sealed token does not open with this worker's key
     CONFIGURATION = "CONFIGURATION"  # the worker's configuration cannot run the step
+    CANCELLED = "CANCELLED"  # an operator ended the job before its withdrawal request was sent
 
 
 class Attempt(BaseModel):
@@ -94,6 +95,9 @@ class StepRecord(BaseModel):
     lookups: int = 0
     failed_lookups: int = 0
     found_by_lookup: bool = False
+    # a step held before sending (the kill switch): what it waits on, and since when
+    waiting_on: str | None = None
+    waiting_since: float | None = None
 
 
 class JobFailure(BaseModel):
@@ -107,6 +111,18 @@ class JobFailure(BaseModel):
     message: str
     client_id: str | None = None
     attempts: list[Attempt] | None = None
+
+
+class Resolution(BaseModel):
+    """A human's decision on a job that needed review. Recording it never sends anything."""
+
+    outcome: Literal["succeeded", "failed"]
+    by: str
+    at: float
+    note: str
+    withdrawal_id: int | str | None = None  # the withdrawal the exchange showed, for `succeeded`
+    exchange_status: str | None = None  # its status at the exchange when the decision was recorded
+    previous_state: JobState = JobState.NEEDS_REVIEW
 
 
 class JobRecord(BaseModel):
@@ -127,6 +143,7 @@ class JobRecord(BaseModel):
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: JobFailure | None = None
+    resolution: Resolution | None = None
     created_at: float
     updated_at: float
     finished_at: float | None = None

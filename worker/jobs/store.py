@@ -16,8 +16,12 @@ Keys (all under the prefix `bpxw:`):
 |                              |            | request's fingerprint, JSON); created with the record    |
 | `bpxw:jobs`                  | sorted set | every job id by creation time (trimmed after retention)  |
 | `bpxw:active`                | sorted set | unfinished job ids by time of their last change          |
-| `bpxw:paused`                | any        | present while the kill switch holds withdrawal requests  |
-|                              |            | (read here for the metrics gauge only)                   |
+| `bpxw:paused`                | string     | the kill switch: JSON who/when/why while sending is      |
+|                              |            | paused (`bpx-worker pause`); absent when it is not. The  |
+|                              |            | engine asks it before each withdrawal request; the       |
+|                              |            | metrics gauge `bpxw_paused` reads it too                 |
+| `bpxw:operations`            | stream     | operators' actions (pause, resume, cancel, resolve) with |
+|                              |            | who, when and why; trimmed to about 100000 entries       |
 
 A job is created by one script (`_CREATE`): the idempotency key, the record,
 both indexes, the sealed token and the first event are written together or
@@ -37,7 +41,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar, cast
 
@@ -92,6 +96,23 @@ if ARGV[5] ~= '' then redis.call('SET', KEYS[6], ARGV[5]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '1000', '*', 'event', 'queued', 'state', 'queued', 'at', ARGV[7])
 return {'created', ARGV[1], ARGV[2]}
 """
+# Set the switch and record who set it, in one step; nothing when it is already set.
+_PAUSE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+  return 1
+end
+return 0
+"""
+# Lift the switch and record who lifted it; returns what it held (nil when it was not set).
+_RESUME = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  redis.call('DEL', KEYS[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+end
+return held
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -145,6 +166,20 @@ class Page:
     records: list[JobRecord]
     next_cursor: str | None
 
+OPERATIONS_STREAM = f"{PREFIX}operations"
+OPERATIONS_KEPT = 100_000
+
+PAUSE = "pause"  # what a step held by the kill switch waits on (`steps.<id>.waiting_on`)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Who paused sending, when (Unix seconds) and why."""
+
+    by: str
+    at: float
+    reason: str
+
 
 # redis-py errors that mean "Redis cannot serve us now": unreachable, timed out, loading,
 # refused our credentials or our user's permissions, or something else answered on its
@@ -192,6 +227,8 @@ class RedisJobStore:
         self.observer = observer  # the metrics count what the engine records, from the events it writes
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._pause = client.register_script(_PAUSE)
+        self._resume = client.register_script(_RESUME)
 
     @classmethod
     def from_url(
@@ -285,6 +322,22 @@ class RedisJobStore:
         answer: list[tuple[str, list[tuple[str, dict[str, str]]]]] = self.redis.xread(  # type: ignore[assignment]
             {events_key(job_id): after}, block=block_ms)
         return [(entry_id, fields) for _, entries in answer for entry_id, fields in entries]
+
+    def jobs(self, *, since: float | None = None, until: float | None = None, state: str | None = None,
+             batch_id: str | None = None, chunk: int = 500) -> list[JobRecord]:
+        """Records of the jobs created between `since` and `until` (Unix seconds), oldest first, optionally
+        only those in `state` or of `batch_id`. Reads the `bpxw:jobs` index; records past retention are gone."""
+        ids = cast("list[str]", self.redis.zrangebyscore(JOBS_INDEX, "-inf" if since is None else since,
+                                                         "+inf" if until is None else until))
+        found = []
+        for start in range(0, len(ids), chunk):
+            for raw in self.redis.mget([job_key(job_id) for job_id in ids[start:start + chunk]]):
+                if raw is None:
+                    continue
+                record = JobRecord.from_json(raw)
+                if (state is None or record.state == state) and (batch_id is None or record.batch_id == batch_id):
+                    found.append(record)
+        return found
 
     def sealed_2fa(self, job_id: str) -> bytes | None:
         raw = self.redis.get(sealed_2fa_key(job_id))
@@ -423,6 +476,46 @@ class RedisJobStore:
     def drop_sealed_2fa(self, job_id: str) -> None:
         self.redis.delete(sealed_2fa_key(job_id))
 
+    # --- the kill switch and the operators' log ---------------------------------------------
+
+    def pause_sending(self, by: str, reason: str) -> tuple[Pause, bool]:
+        """Stop every worker from sending new requests that move money. Returns the pause in force
+        and whether this call set it (an existing pause is kept as it is)."""
+        pause = Pause(by=by, at=time.time(), reason=reason)
+        fields = _flat({"action": "pause", **asdict(pause)})
+        newly = self._pause(keys=[PAUSED, OPERATIONS_STREAM],
+                            args=[json.dumps(asdict(pause)), OPERATIONS_KEPT, *_pairs(fields)])
+        if newly:
+            return pause, True
+        current = self.sending_paused()
+        return (current or pause), False
+
+    def resume_sending(self, by: str, reason: str) -> Pause | None:
+        """Lift the kill switch; returns the pause that was lifted, or None when sending was not paused."""
+        fields = _flat({"action": "resume", "by": by, "at": time.time(), "reason": reason})
+        held = self._resume(keys=[PAUSED, OPERATIONS_STREAM], args=[OPERATIONS_KEPT, *_pairs(fields)])
+        return _pause_of(held) if held is not None else None
+
+    def sending_paused(self) -> Pause | None:
+        """The pause in force, or None."""
+        raw = self.redis.get(PAUSED)
+        return _pause_of(raw) if raw is not None else None
+
+    def send_hold(self) -> str | None:
+        """The engine's gate: what new requests that move money wait on now (`pause`), or None to go on."""
+        return PAUSE if self.redis.exists(PAUSED) else None
+
+    def record_operation(self, action: str, by: str, reason: str, **detail: Any) -> None:
+        """Add an operator's action to `bpxw:operations`."""
+        fields = _flat({"action": action, "by": by, "at": time.time(), "reason": reason, **detail})
+        self.redis.xadd(OPERATIONS_STREAM, fields, maxlen=OPERATIONS_KEPT, approximate=True)  # type: ignore[arg-type]
+
+    def operations(self, since: float | None = None) -> list[dict[str, str]]:
+        """Operators' actions, oldest first, from `since` (Unix seconds) on."""
+        start = "-" if since is None else f"{int(since * 1000)}-0"
+        entries: list[tuple[str, dict[str, str]]] = self.redis.xrange(OPERATIONS_STREAM, min=start)  # type: ignore[assignment]
+        return [fields for _, fields in entries]
+
     def _expire(self, pipe: Any, record: JobRecord) -> None:
         job_id = record.job_id
         for key in (job_key(job_id), events_key(job_id), fence_key(job_id), idem_key(record.idempotency_key)):
@@ -456,6 +549,18 @@ def _parse_cursor(cursor: str) -> tuple[float, str]:
     if not sep or not job_id or value != value or value in (float("inf"), float("-inf")):
         raise ValueError("not a cursor of the job index")
     return value, job_id
+
+
+def _pause_of(raw: Any) -> Pause:
+    """The pause a `bpxw:paused` value records; a key set by other means (by hand) still pauses."""
+    try:
+        return Pause(**json.loads(raw))
+    except (ValueError, TypeError):
+        return Pause(by="unknown", at=0.0, reason=f"{PAUSED} set to {str(raw)[:100]!r} by other means")
+
+
+def _pairs(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
 
 
 def _flat(event: dict[str, Any]) -> dict[str, str]:

@@ -8,12 +8,13 @@ from typing import Any
 from bpx_worker.arazzo.workflow import Workflow, seed_workflow, withdrawal_workflow
 from bpx_worker.config.settings import Settings
 from bpx_worker.engine.backoff import Backoff
-from bpx_worker.engine.engine import Exchange, StepEngine, Timing
+from bpx_worker.engine.engine import Exchange, SendGate, StepEngine, Timing
 from bpx_worker.engine.inprocess import run_inprocess
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer
 from bpx_worker.jobs.base import JobStore
 from bpx_worker.jobs.record import JobRecord
+from bpx_worker.jobs.store import RedisJobStore
 from bpx_worker.withdrawal.rules import client_id, workflow_rules
 
 
@@ -26,6 +27,8 @@ def timing(settings: Settings) -> Timing:
         poll_deadline=settings.reconcile_deadline,
         lookup_deadline=settings.lookup_deadline,
         lease_ttl=settings.lease_ttl,
+        # A held step touches its record well within STALL_AFTER: the sweep must not re-dispatch it.
+        hold_heartbeat=settings.stall_after / 3,
     )
 
 
@@ -45,12 +48,19 @@ def with_settings(workflow: Workflow, settings: Settings) -> Workflow:
 
 
 def build_engine(settings: Settings, store: JobStore, client: Exchange, signer: Signer | None,
-                 workflow: Workflow | None = None) -> StepEngine:
-    """The engine for the withdrawal workflow with this worker's limits and clocks."""
+                 workflow: Workflow | None = None, gate: SendGate | None = None) -> StepEngine:
+    """The engine for the withdrawal workflow with this worker's limits and clocks.
+
+    Over the Redis job store, the kill switch (`bpx-worker pause`) gates every new withdrawal request
+    unless another `gate` is given; the in-process run (a memory store, one process) has no switch.
+    """
+    if gate is None and isinstance(store, RedisJobStore):
+        gate = store.send_hold
     return StepEngine(
         store, client, with_settings(workflow or withdrawal_workflow(), settings),
         workflow_rules(settings.max_quantity, settings.allowed_destinations), timing(settings),
         open_sealed=signer.open_sealed if signer is not None else None,
+        gate=gate,
     )
 
 
