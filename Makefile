@@ -4,11 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
+BENCH_STAMP := $(VENV)/.bench-installed
 # The wheel of the working tree, unpacked: the one place `bpx_worker` exists as a single tree (see
 # devtools/package.py), so mypy and import-linter read what ships.
 LINT_TREE := .lint-build
 
-.PHONY: run test unit chaos-large bench sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
+.PHONY: run test unit chaos-large bench bench-quick bench-charts sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
 
 # The first install takes a minute or two: pip shows each package as it comes (no --quiet).
 $(STAMP): pyproject.toml
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -e ".[test,dev,flower]"
 	touch $(STAMP)
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev,flower,bench]"
+	touch $(BENCH_STAMP)
 
 $(LINT_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev,flower,lint]"
@@ -69,6 +74,15 @@ lint-cycles: lint-tree
 clean:
 	rm -rf $(VENV) *.egg-info $(LINT_TREE) .mypy_cache .ruff_cache
 
-## bench: document loading, the in-process baseline and the Celery path
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_workflow.py
+## bench: the product against a bare Celery chain (A) and the in-process path (B) on a private stack,
+## 2000 jobs; options through BENCH_ARGS (e.g. BENCH_ARGS="--latency-ms 100 --pool prefork --concurrency 2")
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+## bench-quick: the same with 200 jobs, in under a minute
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.bench --quick $(BENCH_ARGS)
+
+## bench-charts: the PNG charts of docs/benchmarks.md from the documented results
+bench-charts: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.charts

@@ -15,8 +15,11 @@ from kombu import Queue
 from bpx_worker.config.settings import PayoutSchedule, Settings
 
 QUEUE = "withdrawals"
+# Woken polls of pending withdrawals: a queue of their own, so a fresh job is fetched between them
+# (a worker consuming both queues takes from each in turn) instead of waiting behind thousands.
+POLLS_QUEUE = "withdrawal.polls"
 # Batch bookkeeping (balance reads for a submitter, trackers, inbox runs) has its own queue, so it never
-# waits behind a batch's thousands of step messages. Workers consume both (task_queues).
+# waits behind a batch's thousands of step messages. Workers consume all three (task_queues).
 BATCH_QUEUE = "batches"
 # RedBeat keeps the schedule and its lock under this prefix (see the README's table of Redis keys).
 REDBEAT_PREFIX = "bpxw:redbeat:"
@@ -109,13 +112,18 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         # The job record is the result; Celery's own results would only duplicate
         # it (and make every submitter subscribe to result channels).
         "task_ignore_result": True,
-        # Flower: see tasks as soon as they are sent and while they run.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events feed Flower. Off unless TASK_EVENTS: each costs a serialised message and a
+        # PUBLISH per task state (about 8 Redis commands a job) whether or not anything listens.
+        # Flower switches workers' events on itself when it starts (its --enable-events default);
+        # TASK_EVENTS also sends the "sent" events, which only the publisher can send.
+        "worker_send_task_events": s.task_events,
+        "task_send_sent_event": s.task_events,
         "task_track_started": True,
         "worker_hijack_root_logger": False,
-        "worker_concurrency": s.worker_concurrency,
-        "task_queues": [Queue(QUEUE), Queue(BATCH_QUEUE)],
+        "worker_pool": s.worker_pool,
+        "worker_concurrency": s.concurrency(),
+        # A worker started without -Q consumes every queue: fresh steps, woken polls, batch bookkeeping.
+        "task_queues": [Queue(QUEUE), Queue(POLLS_QUEUE), Queue(BATCH_QUEUE)],
         "task_routes": {"batch.*": {"queue": BATCH_QUEUE}},
         # Beat runs on RedBeat: the schedule and a lock live in Redis, so when two beats are started exactly one
         # acts (the other waits for the lock); a beat that dies is replaced once its lock expires.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import ssl
 from collections.abc import Iterable
@@ -111,6 +112,8 @@ class Settings(BaseSettings):
     reconcile_backoff_factor: float = Field(2.0, ge=1)
     reconcile_max_delay: float = Field(30.0, gt=0)
     reconcile_deadline: float = Field(900.0, gt=0, description="Seconds from the request to a terminal status.")
+    # Waiting polls live in a Redis sorted set; each worker's waker sends the due ones this often.
+    poll_wake_interval: float = Field(0.25, gt=0, le=10, description="Seconds between looks for due polls.")
 
     # Ambiguous withdrawal outcome: how long to look it up by clientId before needs_review.
     lookup_deadline: float = Field(120.0, gt=0)
@@ -120,7 +123,13 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(60.0, gt=0, description="Lease on a job's step while it runs.")
     sweep_interval: float = Field(60.0, gt=0, description="How often beat looks for stalled jobs.")
     stall_after: float = Field(1200.0, gt=0, description="An unfinished job unchanged this long is re-dispatched.")
-    worker_concurrency: int = Field(2, ge=1)
+    # Threads keep many exchange requests in flight on a few cores (a step mostly waits for the exchange
+    # and Redis); docs/benchmarks.md measures the choice and README "Worker pool" says how each prefork-only
+    # safeguard is kept. prefork (one process per step) stays available.
+    worker_pool: str = Field("threads", pattern="^(threads|prefork|solo)$", description="Celery pool.")
+    worker_concurrency: int | None = Field(None, ge=1, description="Pool slots; default 32 threads, or one "
+                                           "process per core under prefork.")
+    task_events: bool = Field(False, description="Send Celery task events (Flower) from workers and publishers.")
     job_retention: int = Field(7 * 24 * 3600, gt=0, description="Seconds a job record is kept after it ends.")
     redis_socket_timeout: float = Field(10.0, gt=0)
 
@@ -270,6 +279,14 @@ class Settings(BaseSettings):
 
         Commands run by hand refuse the default: the Redis on 127.0.0.1:6379 may be anyone's."""
         return "redis_url" in self.model_fields_set
+    def concurrency(self, pool: str | None = None) -> int:
+        """WORKER_CONCURRENCY, or the pool's default: 32 threads, one process per core, 1 for solo."""
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        pool = pool or self.worker_pool
+        if pool == "threads":
+            return 32
+        return 1 if pool == "solo" else (os.cpu_count() or 2)
 
     def api_key(self) -> str:
         """The base64 ED25519 public key; ConfigurationError naming the variable when unset or malformed."""

@@ -204,6 +204,9 @@ class Stack:
     sandbox_args: list[str] = field(default_factory=list)
     redis_ca_file: Path | None = None
     log_files: list[IO[bytes]] = field(default_factory=list)
+    # The sandbox rewrites (and fsyncs) its whole ledger after every request when it has a state file, so
+    # it survives a restart (the chaos suite); a benchmark of thousands of jobs runs without one.
+    sandbox_state: bool = True
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a worker or CLI process talking to this stack."""
@@ -244,10 +247,10 @@ class Stack:
         ready = self.directory / "sandbox.url"
         ready.unlink(missing_ok=True)
         log = self._log("sandbox")
+        state = ["--state-file", str(self.directory / "sandbox-state.json")] if self.sandbox_state else []
         self.processes["sandbox"] = subprocess.Popen(
-            [sys.executable, "-m", "devtools.sandbox", "--port", port, "--api-key", self.api_key,
-             "--state-file", str(self.directory / "sandbox-state.json"), "--ready-file", str(ready),
-             *self.sandbox_args],
+            [sys.executable, "-m", "devtools.sandbox", "--port", port, "--api-key", self.api_key, *state,
+             "--ready-file", str(ready), *self.sandbox_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         wait_until(lambda: requests.get(self.sandbox_url + "/_sandbox/health", timeout=1).ok, 20, "the sandbox")
@@ -257,9 +260,21 @@ class Stack:
 
     # --- workers ------------------------------------------------------------------------------
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> subprocess.Popen:
-        return self._start_celery(name, ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
-                                         "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"], env)
+    def start_worker(self, name: str = "worker", concurrency: int | None = None, *, pool: str | None = None,
+                     queues: str | None = None, app: str = "bpx_worker.tasks.app", **env: str) -> subprocess.Popen:
+        """A Celery worker; pool, concurrency and queues default to the worker's settings (WORKER_POOL, ...)."""
+        argv = ["worker", "--loglevel", env.get("LOG_LEVEL", "INFO"), "--hostname", f"{name}@%h",
+                "--without-mingle", "--without-gossip"]
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
+        if pool is not None:
+            # Through the setting too: Celery takes `--pool prefork` (its CLI default) for "not given"
+            # and uses the configured pool instead.
+            argv += ["--pool", pool]
+            env = {**env, "WORKER_POOL": pool}
+        if queues is not None:
+            argv += ["--queues", queues]
+        return self._start_celery(name, argv, env, app)
 
     def start_beat(self, name: str = "beat", **env: str) -> subprocess.Popen:
         """A beat on RedBeat (schedule and lock in Redis): of several started, exactly one acts at a time.
@@ -269,10 +284,11 @@ class Stack:
         return self._start_celery(name, ["beat", "--loglevel", "INFO", "--scheduler", "redbeat.RedBeatScheduler"],
                                   env)
 
-    def _start_celery(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def _start_celery(self, name: str, argv: list[str], env: dict[str, str],
+                      app: str = "bpx_worker.tasks.app") -> subprocess.Popen:
         log = self._log(name)
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bpx_worker.tasks.app", *argv], env=self.env(**env), stdout=log,
+            [sys.executable, "-m", "celery", "-A", app, *argv], env=self.env(**env), stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes[name] = process
@@ -314,7 +330,7 @@ class Stack:
 def local_stack(
     *, sandbox_args: list[str] | None = None, redis_url: str | None = None, directory: Path | None = None,
     start_worker: bool = True, worker_env: dict[str, str] | None = None, redis_password: bool = True,
-    redis_tls: bool = False,
+    redis_tls: bool = False, sandbox_state: bool = True,
 ) -> Iterator[Stack]:
     """Redis (private unless `redis_url` is given), the sandbox, and one worker.
 
@@ -337,6 +353,7 @@ def local_stack(
             redis_url=redis_url, sandbox_url=f"http://127.0.0.1:{free_port()}", api_key=signer.api_key,
             secret_file=secret_file, directory=base, redis=private, sandbox_args=list(sandbox_args or []),
             redis_ca_file=private.tls.ca if private and private.tls else None,
+            sandbox_state=sandbox_state,
         )
         try:
             stack.start_sandbox()

@@ -24,6 +24,7 @@ from bpx_worker.errors import ConfigurationError
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.ratelimit import Limit, RedisRateLimiter
 from bpx_worker.exchange.signer import Signer
+from bpx_worker.jobs.schedule import PollSchedule
 from bpx_worker.jobs.store import RedisJobStore
 from bpx_worker.withdrawal.runtime import build_engine
 
@@ -58,7 +59,8 @@ except ConfigurationError as _exc:
 
 app = Celery("withdrawal")
 app.config_from_object(celery_settings(_settings))
-app.conf.include = ["bpx_worker.tasks.withdrawal", "bpx_worker.tasks.batches", "bpx_worker.tasks.callbacks"]
+app.conf.include = ["bpx_worker.tasks.withdrawal", "bpx_worker.tasks.polls", "bpx_worker.tasks.batches",
+                    "bpx_worker.tasks.callbacks"]
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +82,11 @@ def interactive_job_store() -> RedisJobStore:
         s.redis_url, s.job_retention, INTERACTIVE_READ_TIMEOUT, retries=INTERACTIVE_RETRIES,
         connect_timeout=INTERACTIVE_CONNECT_TIMEOUT, **s.redis_ssl_options(),
     )
+
+
+@lru_cache(maxsize=1)
+def poll_schedule() -> PollSchedule:
+    return PollSchedule(job_store().redis)
 
 
 @lru_cache(maxsize=1)
@@ -136,8 +143,8 @@ def reload_settings() -> None:
     app.conf.update(celery_settings(config_settings.get()))
     # Publish through a pool built from the new broker URL (Celery has no public way to rebuild it).
     app.amqp._producer_pool = None  # type: ignore[attr-defined]
-    for cached in (job_store, interactive_job_store, signer, rate_limiter, exchange_client, step_engine,
-                   unconfigured_engine):
+    for cached in (job_store, interactive_job_store, poll_schedule, signer, rate_limiter, exchange_client,
+                   step_engine, unconfigured_engine):
         cached.cache_clear()
 
 
@@ -171,6 +178,7 @@ def _fresh_connections(**_: object) -> None:
     job_store.cache_clear()
     rate_limiter.cache_clear()
     exchange_client.cache_clear()
+    poll_schedule.cache_clear()
     step_engine.cache_clear()
     unconfigured_engine.cache_clear()
 

@@ -25,9 +25,11 @@ from celery.canvas import Signature
 from bpx_worker import metrics
 from bpx_worker.arazzo.workflow import Workflow, withdrawal_workflow
 from bpx_worker.config import settings as config_settings
+from bpx_worker.config.celery import POLLS_QUEUE
+from bpx_worker.engine.engine import is_polled
 from bpx_worker.errors import ConfigurationError, JobEnded
 from bpx_worker.jobs.record import ErrorCode, JobState
-from bpx_worker.tasks.app import app, job_store, step_engine, unconfigured_engine
+from bpx_worker.tasks.app import app, job_store, poll_schedule, step_engine, unconfigured_engine
 from bpx_worker.tasks.callbacks import deliver_callback
 
 TASK_PREFIX = "withdrawal."
@@ -44,6 +46,15 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
     else:
         outcome = engine.run(job_id, step_id)
     metrics.observe_run(step_id, outcome.action, time.monotonic() - started, late_by)
+    polled = is_polled(withdrawal_workflow().step(step_id))
+    if outcome.action == "retry" and outcome.poll:
+        # "Not yet": the poll waits in the schedule (Redis), not as a countdown message in this
+        # worker's memory. The waker sends it to the polls queue when due, with the rest of the chain.
+        poll_schedule().schedule(job_id, step_id, time.time() + outcome.countdown)
+        task.request.chain = None
+        return {"job_id": job_id, "step": step_id, "next": "poll", "state": None}
+    if polled and outcome.action != "retry":
+        poll_schedule().cancel(job_id, step_id)  # settled or ended: no further poll
     if outcome.action == "retry":
         # A new message with a countdown (never a sleep in a worker slot); the
         # countdown is capped below the visibility timeout by Settings. The number
@@ -93,9 +104,18 @@ def register(workflow: Workflow) -> dict[str, Task]:
 STEP_TASKS = register(withdrawal_workflow())
 
 
-def workflow_chain(job_id: str) -> Signature:
-    """The chain of step tasks in the document's order. Steps already recorded are skipped when they run."""
-    return chain(*(STEP_TASKS[step.step_id].si(job_id) for step in withdrawal_workflow().steps))
+def workflow_chain(job_id: str, from_step: str | None = None) -> Signature:
+    """The chain of step tasks in the document's order. Steps already recorded are skipped when they run.
+
+    With `from_step` (a woken poll): the chain from that step on, its first task on the polls queue.
+    """
+    steps = [step.step_id for step in withdrawal_workflow().steps]
+    if from_step is not None:
+        steps = steps[steps.index(from_step):]
+    signatures = [STEP_TASKS[step_id].si(job_id) for step_id in steps]
+    if from_step is not None:
+        signatures[0] = signatures[0].set(queue=POLLS_QUEUE)
+    return chain(*signatures)
 
 
 @app.task(name=TASK_PREFIX + "sweep")

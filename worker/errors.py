@@ -15,6 +15,7 @@
     ├── JobError                the job store
     │   ├── JobNotFound         no record for that job id
     │   └── LeaseLost           another run of the same step holds a newer lease
+    │       └── LeaseExpiring   the lease has too little time left for what comes next
     ├── JobEnded                a step ended its job failed / needs_review (ends the Celery task as a failure)
     └── ExchangeError           talking to the exchange; the type decides what may be done next
         ├── TransientError      certainly not processed: retry with backoff
@@ -126,6 +127,10 @@ class JobEnded(WorkerError):
 
     def __str__(self) -> str:
         return f"{self.code}: job {self.job_id} ended {self.state}"
+
+
+class LeaseExpiring(LeaseLost):
+    """The lease is still ours but would run out before what the write guards could finish."""
 
 
 class ExchangeError(WorkerError):

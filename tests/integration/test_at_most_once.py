@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from bpx_worker.config import settings
-from bpx_worker.errors import LeaseLost
+from bpx_worker.errors import LeaseExpiring, LeaseLost
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer
 from bpx_worker.interfaces.api import submit_withdrawal, wait_for
@@ -185,3 +185,50 @@ def test_a_failed_lookup_is_not_taken_for_not_found(runner, store, sandbox):
     record = store.require(job_id)
     assert record.steps[REQUEST].found_by_lookup is True
     assert len(sandbox.withdrawals(record.client_id)) == 1
+
+
+def test_a_taken_lease_writes_through_its_own_copy_and_a_stale_copy_cannot_write(store):
+    job_id = _job(store)
+    stale = store.take(job_id, 0.2)
+    assert stale.lease is not None and stale.record.job_id == job_id
+    wait_until(lambda: store.lease_ttl(job_id) == 0, 5, "the lease to expire")
+    fresh = store.take(job_id, 5)
+    assert fresh.lease.token > stale.lease.token
+    store.update(fresh.lease, lambda r: setattr(r, "current_step", "getBalances"))
+    with pytest.raises(LeaseLost):
+        store.update(stale.lease, lambda r: setattr(r, "state", "failed"))
+    assert store.require(job_id).current_step == "getBalances" and store.require(job_id).state == "queued"
+    held = store.take(job_id, 5)
+    assert held.lease is None and 0 < held.wait <= 5
+    store.release(fresh.lease)
+    store.release(stale.lease)
+
+
+def test_the_sending_mark_is_refused_when_the_lease_would_run_out_before_the_request(store):
+    job_id = _job(store)
+    lease = store.take(job_id, 1.0).lease
+    with pytest.raises(LeaseExpiring):
+        store.update(lease, lambda r: setattr(r, "current_step", REQUEST), lease_left=5.0)
+    assert store.require(job_id).current_step is None  # nothing written
+    store.update(lease, lambda r: setattr(r, "current_step", REQUEST), lease_left=0.5)
+    assert store.require(job_id).current_step == REQUEST
+    store.release(lease)
+
+
+def test_a_withdrawal_is_not_sent_on_a_lease_too_short_for_the_request(stack, runner, store, sandbox):
+    import dataclasses
+
+    job_id = _job(store)
+    assert runner.run(job_id, "getBalances").action == "continue"
+    short = dataclasses.replace(runner.timing, lease_ttl=2.0, send_budget=5.0)
+    engine = build_engine(settings.get(), store, runner.client, None)
+    engine.timing = short
+    engine.open_sealed = runner.open_sealed
+    before = len(sandbox.withdrawals())
+    outcome = engine.run(job_id, REQUEST)
+    assert outcome.action == "retry"
+    assert len(sandbox.withdrawals()) == before
+    entry = store.require(job_id).steps.get(REQUEST)
+    assert entry is None or entry.attempts == []  # no attempt recorded: nothing may have left
+    assert runner.run(job_id, REQUEST).action == "continue"  # a run with a long enough lease sends it
+    assert len(sandbox.withdrawals()) == before + 1

@@ -73,7 +73,7 @@ class Supervisor(threading.Thread):
         if name == "beat":
             self.stack.start_beat(**CHAOS_ENV)
         else:
-            self.stack.start_worker(name, concurrency=2, **CHAOS_ENV)
+            self.stack.start_worker(name, **CHAOS_ENV)  # the default pool and concurrency (threads)
 
     def run(self) -> None:
         while not self.stopping.wait(0.5):

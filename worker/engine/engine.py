@@ -28,6 +28,12 @@ short countdown. Reads, polls and lookups of requests already sent go on.
 Every step is safe to run twice: it first takes the job's lease (one run per job
 at a time, with a fencing token), then reads the record; a step already done is
 skipped and a job already ended stops the chain.
+
+A run stages its changes to the record and writes them once, fenced, when it
+ends (with the lease's release); the one write that must land before something
+happens outside is the `sending` mark of an at-most-once request, written before
+the request leaves. A run that dies before its final write loses only what a
+re-run finds again (a read's answer, counts); never the mark.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from bpx_worker.errors import (
     ConfigurationError,
     DocumentError,
     ExchangeError,
+    LeaseExpiring,
     LeaseLost,
     RateLimited,
     RejectedError,
@@ -98,6 +105,9 @@ class Next:
     countdown: float = 0.0
     state: JobState | None = None
     code: str | None = None  # set when this run ended the job failed / needs_review: the error code it recorded
+    # A retry that is a poll of a polled step ("not yet"): the Celery path keeps it in the poll
+    # schedule (a Redis sorted set) instead of a countdown message held in a worker's memory.
+    poll: bool = False
 
 
 CONTINUE = Next("continue")
@@ -115,6 +125,9 @@ class Timing:
     lease_ttl: float
     hold_recheck: float = 2.0  # a step held by the gate asks again after this many seconds...
     hold_heartbeat: float = 300.0  # ...and touches the record this often, so the sweep leaves it be
+    # A request that is sent at most once leaves only while the lease has at least this long left
+    # (the HTTP connect and read timeouts): the send ends inside the lease whatever the worker's pool.
+    send_budget: float = 0.0
 
 
 # Asked right before a request that moves money is sent: what holds it now (e.g. "pause"), or None to go on.
@@ -166,12 +179,12 @@ class StepEngine:
     def run(self, job_id: str, step_id: str) -> Next:
         """Run `step_id` of the job once; safe to call twice, and from two processes at once."""
         step = self.workflow.step(step_id)
-        lease = self.store.acquire(job_id, self.timing.lease_ttl)
-        if lease is None:
+        taken = self.store.take(job_id, self.timing.lease_ttl)
+        if taken.lease is None or taken.record is None:
             # Another run of this job is working (or died holding the lease): come back when it runs out.
-            return Next("retry", countdown=self.store.lease_ttl(job_id) + 0.5)
+            return Next("retry", countdown=taken.wait + 0.5)
+        lease, record = taken.lease, taken.record
         try:
-            record = self.store.require(job_id)
             if record.terminal:
                 return Next("stop", state=record.state)
             done = record.steps.get(step_id)
@@ -186,11 +199,21 @@ class StepEngine:
                 record = self._start(lease, step_id, waited=done.waiting_on if done is not None else None)
                 try:
                     if is_at_most_once(step):
-                        return self._send_once(lease, record, step)
-                    return self._read(lease, record, step)
+                        outcome = self._send_once(lease, record, step)
+                    else:
+                        outcome = self._read(lease, record, step)
                 except ConfigurationError as exc:
-                    return self._end(lease, step.step_id, ErrorCode.CONFIGURATION, str(exc),
-                                     state=self._failure_state(record))
+                    outcome = self._end(lease, step.step_id, ErrorCode.CONFIGURATION, str(exc),
+                                        state=self._failure_state(record))
+                # What the run staged (start, outputs, counts, the end) is written in one fenced write
+                # that also gives the lease back. Only the `sending` mark is written earlier, before
+                # the request that must not be sent twice.
+                self.store.flush(lease, release=True)
+                return outcome
+        except LeaseExpiring:
+            # Nothing was sent: run the step again under a fresh lease.
+            log.warning("lease_expiring", job_id=job_id, step=step_id)
+            return Next("retry", countdown=0.0)
         except LeaseLost:
             log.warning("lease_lost", job_id=job_id, step=step_id)
             return Next("stop")
@@ -207,7 +230,9 @@ class StepEngine:
             if record.terminal:
                 return Next("stop", state=record.state)
             self._start(lease, step_id)
-            return self._end(lease, step_id, code, message, state=self._failure_state(record))
+            outcome = self._end(lease, step_id, code, message, state=self._failure_state(record))
+            self.store.flush(lease, release=True)
+            return outcome
         finally:
             self.store.release(lease)
 
@@ -266,7 +291,7 @@ class StepEngine:
                              f"not settled {self.timing.poll_deadline:g}s after the step started "
                              f"(last status {status or 'not yet recorded'})", state=self._failure_state(record))
         pace = Backoff(action.effective_retry_after, self.timing.poll_factor, self.timing.poll_max_delay)
-        return Next("retry", countdown=pace.delay(polls - 1))
+        return Next("retry", countdown=pace.delay(polls - 1), poll=True)
 
     def _count_poll(self, lease: Lease, step: Step, status: str | None, note: str) -> int:
         def polled(r: JobRecord) -> None:
@@ -274,7 +299,7 @@ class StepEngine:
             entry.polls += 1
             entry.last_seen_status = status
 
-        record = self.store.update(lease, polled, {"event": "poll", "step": step.step_id, "status": status,
+        record = self.store.stage(lease, polled, {"event": "poll", "step": step.step_id, "status": status,
                                                    "message": note})
         return record.step(step.step_id).polls
 
@@ -310,25 +335,29 @@ class StepEngine:
             hold = self._hold()
             if hold is not None:
                 return self._wait(lease, self.store.require(lease.job_id), step, hold)
-            self._mark(lease, step, number, AttemptState.SENDING, event="submitting")
+            self._mark(lease, step, number, AttemptState.SENDING, event="submitting",
+                       lease_left=self.timing.send_budget or None)
             try:
                 response = self.client.send(request)
             except TransientError as exc:
-                self._mark(lease, step, number, AttemptState.NOT_SENT, str(exc))
-                return self._transient(lease, self.store.require(lease.job_id), step, exc)
+                marked = self._mark(lease, step, number, AttemptState.NOT_SENT, str(exc))
+                return self._transient(lease, marked, step, exc)
             except UnsendableRequest as exc:  # could not be put on the wire: nothing was sent
-                self.store.drop_sealed_2fa(lease.job_id)
+                if sealed is not None:
+                    self.store.drop_sealed_2fa(lease.job_id)
                 return self._end(lease, step.step_id, ErrorCode.CONFIGURATION, str(exc), state=JobState.FAILED,
                                  also=_attempt_state(step.step_id, number, AttemptState.NOT_SENT, str(exc)))
             except AmbiguousError as exc:
                 self._mark(lease, step, number, AttemptState.AMBIGUOUS, str(exc))
                 return Next("retry", countdown=self.timing.retry.delay(0))
             except RejectedError as exc:
-                self.store.drop_sealed_2fa(lease.job_id)
+                if sealed is not None:
+                    self.store.drop_sealed_2fa(lease.job_id)
                 return self._end(lease, step.step_id, exc.code, exc.message, state=JobState.FAILED,
                                  source="exchange",
                                  also=_attempt_state(step.step_id, number, AttemptState.REJECTED, str(exc)))
-            self.store.drop_sealed_2fa(lease.job_id)
+            if sealed is not None:
+                self.store.drop_sealed_2fa(lease.job_id)
             judged = self._judge(step, ctx, request, response)
         finally:
             secret_inputs.clear()
@@ -342,10 +371,13 @@ class StepEngine:
         return self._done(lease, record, step, judged.status_code, judged.outputs, also=accepted)
 
     def _mark(self, lease: Lease, step: Step, number: int, state: AttemptState, error: str | None = None,
-              event: str | None = None) -> None:
-        self.store.update(lease, _attempt_state(step.step_id, number, state, error),
-                          {"event": event or f"attempt_{state}", "step": step.step_id, "attempt": number,
-                           "message": error})
+              event: str | None = None, lease_left: float | None = None) -> JobRecord:
+        change = _attempt_state(step.step_id, number, state, error)
+        detail = {"event": event or f"attempt_{state}", "step": step.step_id, "attempt": number, "message": error}
+        if state is AttemptState.SENDING:
+            # Written (with everything staged before it) before the request leaves: durable first.
+            return self.store.update(lease, change, detail, lease_left=lease_left)
+        return self.store.stage(lease, change, detail)
 
     def _hold(self) -> str | None:
         return self.gate() if self.gate is not None else None
@@ -395,7 +427,7 @@ class StepEngine:
             e.lookups += 1
             e.failed_lookups += error is not None
 
-        entry = self.store.update(lease, counted, {"event": "lookup", "step": step.step_id,
+        entry = self.store.stage(lease, counted, {"event": "lookup", "step": step.step_id,
                                                    "found": found is not None, "message": error}).step(step.step_id)
         if found is not None:
             self.store.drop_sealed_2fa(lease.job_id)
@@ -469,8 +501,8 @@ class StepEngine:
             entry.runs += 1
             entry.waiting_on = entry.waiting_since = None
 
-        return self.store.update(lease, change, {"event": "step_started", "step": step_id,
-                                                 "message": f"released ({waited})" if waited else None})
+        return self.store.stage(lease, change, {"event": "step_started", "step": step_id,
+                                                "message": f"released ({waited})" if waited else None})
 
     def _transient(self, lease: Lease, record: JobRecord, step: Step, exc: ExchangeError) -> Next:
         if isinstance(exc, RateLimited):
@@ -483,7 +515,7 @@ class StepEngine:
             r.step(step.step_id).transient_failures = failures
             r.step(step.step_id).last_error = str(exc)
 
-        self.store.update(lease, change, {"event": "transient_failure", "step": step.step_id, "message": str(exc)})
+        self.store.stage(lease, change, {"event": "transient_failure", "step": step.step_id, "message": str(exc)})
         retry = self.timing.retry
         if retry.exhausted(failures):
             return self._end(lease, step.step_id, ErrorCode.TRANSIENT_EXHAUSTED,
@@ -512,7 +544,7 @@ class StepEngine:
             if last:
                 r.state, r.current_step, r.finished_at, r.outputs = JobState.SUCCEEDED, None, now, final
 
-        self.store.update(lease, change, {"event": "step_done", "step": step.step_id, "status_code": status_code})
+        self.store.stage(lease, change, {"event": "step_done", "step": step.step_id, "status_code": status_code})
         if last:
             log.info("job_succeeded", **{k: v for k, v in final.items() if isinstance(v, str | int)})
             return Next("stop", state=JobState.SUCCEEDED)
@@ -532,7 +564,7 @@ class StepEngine:
             if also is not None:
                 also(r)
 
-        self.store.update(lease, change, {"event": "job_ended", "state": state.value, "step": step_id,
+        self.store.stage(lease, change, {"event": "job_ended", "state": state.value, "step": step_id,
                                           "code": str(code), "message": message})
         log.warning("job_ended", state=state.value, code=str(code), message=message)
         return Next("stop", state=state, code=str(code))

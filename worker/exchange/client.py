@@ -121,13 +121,14 @@ class NoRedirectSession(requests.Session):
     returned as it is, and the client maps it to an error.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool_size: int = 10) -> None:
         super().__init__()
         self.max_redirects = 0
         # The urllib3 default, spelled out: no retries of any kind (connect, read,
         # status, redirect); read errors raised as themselves so a read timeout
-        # stays a ReadTimeout.
-        adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=False))
+        # stays a ReadTimeout. One kept-alive connection per pool slot: a smaller pool
+        # would close a connection after each request once more threads send at once.
+        adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=False), pool_maxsize=pool_size)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
 
@@ -259,6 +260,7 @@ class BackpackClient:
         history_page_size: int = 1000,
         history_max_pages: int = 10,
         limiter: RateLimiter | None = None,
+        pool_size: int = 10,
     ):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -269,7 +271,8 @@ class BackpackClient:
         self.window_ms = window_ms
         self.history_page_size = history_page_size
         self.history_max_pages = history_max_pages
-        self.session = NoRedirectSession()
+        self.session = NoRedirectSession(pool_size)
+        self._env_settings: dict[str, Any] | None = None
         # Every request waits for its slot of the shared rate limit (exchange/ratelimit.py) before it is signed.
         self.limiter = limiter
 
@@ -277,7 +280,8 @@ class BackpackClient:
     def from_settings(cls, settings: Any, signer: Signer | None,
                       limiter: RateLimiter | None = None) -> BackpackClient:
         return cls(settings.backpack_base_url, signer, connect_timeout=settings.http_connect_timeout,
-                   read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms, limiter=limiter)
+                   read_timeout=settings.http_read_timeout, window_ms=settings.backpack_window_ms, limiter=limiter,
+                   pool_size=max(10, settings.concurrency()))
 
     def close(self) -> None:
         self.session.close()
@@ -332,12 +336,21 @@ class BackpackClient:
             for value in prepared.headers.values():
                 if isinstance(value, str):
                     value.encode("latin-1")  # as http.client will, but here, before anything is sent
-            settings = self.session.merge_environment_settings(prepared.url or request.path, {}, None, None, None)
+            settings = self._environment()
         except (rex.RequestException, ValueError, TypeError) as exc:
             if isinstance(exc, UnicodeEncodeError):
                 raise UnsendableRequest(f"cannot send {what}: a header value is not latin-1") from exc
             raise UnsendableRequest(f"cannot send {what}: {type(exc).__name__}: {exc}") from exc
         return prepared, settings
+
+    def _environment(self) -> dict[str, Any]:
+        """Proxies and CA bundle from the environment, read once: every request goes to the same base URL.
+
+        (requests would re-read the environment and the proxy bypass list on every request.)
+        """
+        if self._env_settings is None:
+            self._env_settings = self.session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
+        return self._env_settings
 
     def _send_once(self, request: HttpRequest) -> Response:
         what = f"{request.method} {request.path}"

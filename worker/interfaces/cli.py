@@ -168,12 +168,14 @@ def watch(job_id: str, timeout: float | None) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--concurrency", "-c", type=int, help="Worker processes (default WORKER_CONCURRENCY).")
+@click.option("--concurrency", "-c", type=int, help="Pool slots (default WORKER_CONCURRENCY, else 32 threads).")
+@click.option("--pool", "-P", type=click.Choice(["threads", "prefork", "solo"]),
+              help="Celery pool (default WORKER_POOL, threads).")
 @click.option("--beat", is_flag=True, help="Also run the beat scheduler (the sweep of stalled jobs); "
               "for a single-worker deployment, otherwise run `celery -A bpx_worker.tasks.app beat` once.")
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
-    """Start a Celery worker for the withdrawal queue (extra options go to celery).
+def worker(ctx: click.Context, concurrency: int | None, pool: str | None, beat: bool) -> None:
+    """Start a Celery worker for the withdrawal queues (extra options go to celery).
 
     Refuses to start (exit 78, naming the variable) without usable settings and keys.
     """
@@ -181,7 +183,11 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
 
     s = redis_settings()
     check_worker_config()
-    argv = ["worker", "--loglevel", s.log_level, "--concurrency", str(concurrency or s.worker_concurrency)]
+    pool = pool or s.worker_pool
+    # Also in the app's configuration: Celery reads `--pool prefork`, its CLI default, as "not given".
+    app.conf.worker_pool = pool
+    argv = ["worker", "--loglevel", s.log_level, "--pool", pool,
+            "--concurrency", str(concurrency or s.concurrency(pool))]
     if beat:
         argv.append("--beat")
     # app.start returns the worker's exit code (worker_main would drop it).

@@ -22,6 +22,8 @@ Keys (all under the prefix `bpxw:`):
 |                              |            | metrics gauge `bpxw_paused` reads it too                 |
 | `bpxw:operations`            | stream     | operators' actions (pause, resume, cancel, resolve) with |
 |                              |            | who, when and why; trimmed to about 100000 entries       |
+| `bpxw:polls`                 | sorted set | `<job id>:<step id>` -> when that poll is next due; kept |
+|                              |            | by `jobs/schedule.py` (PollSchedule), the poll schedule  |
 
 A job is created by one script (`_CREATE`): the idempotency key, the record,
 both indexes, the sealed token and the first event are written together or
@@ -31,6 +33,13 @@ Every write to a record after submission is fenced: it happens only while the
 writer's fencing token is still the newest, so a run that paused past its
 lease (and was replaced) can no longer change the record. When a job ends, its
 keys get the retention period as TTL.
+
+Round trips: a step takes its lease and reads the record in one script (`take`),
+and each fenced write (record, event, index, and at the end the TTLs) is one
+script. The fence makes a read before the write unnecessary: only the holder of
+the newest token writes, so the record a run last read or wrote is the record in
+Redis, and the run keeps that copy (as JSON, parsed afresh for each change, so a
+record object handed out earlier never changes under its holder).
 """
 
 from __future__ import annotations
@@ -50,8 +59,15 @@ import structlog
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from bpx_worker.errors import IdempotencyConflict, JobError, JobNotFound, LeaseLost, ServiceUnavailable
-from bpx_worker.jobs.base import Change, Lease
+from bpx_worker.errors import (
+    IdempotencyConflict,
+    JobError,
+    JobNotFound,
+    LeaseExpiring,
+    LeaseLost,
+    ServiceUnavailable,
+)
+from bpx_worker.jobs.base import Change, Lease, Taken
 from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.logs import hide_credentials
 
@@ -112,6 +128,41 @@ if held then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
 end
 return held
+"""
+# KEYS: lease, fence, job. ARGV: holder, ttl ms. -> {token, record} or {0, ms left on the other lease}
+_TAKE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {redis.call('INCR', KEYS[2]), redis.call('GET', KEYS[3])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+# The fenced write. KEYS: job, fence, events, active index, lease, sealed 2FA, idempotency key.
+# ARGV: token, holder, record JSON, updated_at, job id, terminal ('1' or ''), retention s,
+# lease ms that must be left ('' for no check), release ('1' or ''), then the events, each as
+# its number of fields and values followed by them.
+# -> 1 written, 0 a newer token exists, -1 the lease has too little left, -2 no record.
+_WRITE = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[8] ~= '' and (redis.call('GET', KEYS[5]) ~= ARGV[2] or redis.call('PTTL', KEYS[5]) < tonumber(ARGV[8])) then
+  return -1
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+redis.call('SET', KEYS[1], ARGV[3])
+local i = 10
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '1000', '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+if ARGV[6] == '1' then
+  redis.call('ZREM', KEYS[4], ARGV[5])
+  for _, key in ipairs({KEYS[1], KEYS[3], KEYS[2], KEYS[7]}) do redis.call('EXPIRE', key, ARGV[7]) end
+  redis.call('DEL', KEYS[6])
+else
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+end
+if ARGV[9] == '1' and redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
+return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -226,9 +277,16 @@ class RedisJobStore:
         self._create = client.register_script(_CREATE)
         self.observer = observer  # the metrics count what the engine records, from the events it writes
         self._acquire = client.register_script(_ACQUIRE)
+        self._take = client.register_script(_TAKE)
+        self._write = client.register_script(_WRITE)
         self._release = client.register_script(_RELEASE)
         self._pause = client.register_script(_PAUSE)
         self._resume = client.register_script(_RESUME)
+        # The record as this process last read, wrote or staged it, per lease holder (see the module
+        # docstring), and the events staged with it since the last write.
+        self._held: dict[str, str] = {}
+        self._staged: dict[str, list[dict[str, Any]]] = {}
+        self._released: set[str] = set()  # holders whose lease a flush gave back
 
     @classmethod
     def from_url(
@@ -428,49 +486,112 @@ class RedisJobStore:
         token = int(self._acquire(keys=[lease_key(job_id), fence_key(job_id)], args=[holder, int(ttl * 1000)]))
         return Lease(job_id, holder, token) if token else None
 
+    def take(self, job_id: str, ttl: float) -> Taken:
+        """The lease and the record in one round trip."""
+        holder = secrets.token_hex(8)
+        token, value = self._take(keys=[lease_key(job_id), fence_key(job_id), job_key(job_id)],
+                                  args=[holder, int(ttl * 1000)])
+        if not token:
+            return Taken(None, wait=max(int(value), 0) / 1000)
+        lease = Lease(job_id, holder, int(token))
+        if value is None:
+            self.release(lease)
+            raise JobNotFound(f"no job {job_id}")
+        self._held[holder] = value
+        return Taken(lease, JobRecord.from_json(value))
+
     def lease_ttl(self, job_id: str) -> float:
         ms = int(self.redis.pttl(lease_key(job_id)))
         return max(ms, 0) / 1000
 
     def release(self, lease: Lease) -> None:
+        """Give the lease back unless a flush did already; staged changes not flushed are dropped."""
+        self._staged.pop(lease.holder, None)
+        self._held.pop(lease.holder, None)
+        if lease.holder in self._released:
+            self._released.discard(lease.holder)
+            return
         self._release(keys=[lease_key(lease.job_id)], args=[lease.holder])
 
     # --- fenced updates ---------------------------------------------------------------------
 
-    def update(self, lease: Lease, change: Change, event: dict[str, Any] | None = None) -> JobRecord:
-        """Apply `change` to the record while `lease` still holds the newest fencing token."""
-        key = job_key(lease.job_id)
-        with self.redis.pipeline() as pipe:
-            while True:
+    def stage(self, lease: Lease, change: Change, event: dict[str, Any] | None = None) -> JobRecord:
+        """Apply `change` to this run's copy of the record; the next `flush` writes it (and its event)."""
+        raw = self._held.get(lease.holder)
+        if raw is None:  # a lease taken with `acquire`, not yet written through: read the record once
+            stored = self.redis.get(job_key(lease.job_id))
+            if stored is None:
+                raise JobNotFound(f"no job {lease.job_id}")
+            raw = stored if isinstance(stored, str) else stored.decode()
+        record = JobRecord.from_json(raw)
+        change(record)
+        record.updated_at = time.time()
+        self._held[lease.holder] = record.to_json()
+        staged = self._staged.setdefault(lease.holder, [])
+        if event:
+            staged.append({**event, "at": record.updated_at})
+        return record
+
+    def flush(self, lease: Lease, *, lease_left: float | None = None, release: bool = False) -> None:
+        """Write the staged record and events while `lease` holds the newest fencing token.
+
+        One script checks the token (and with `lease_left`, that the lease is ours with that many
+        seconds left), writes the record, appends the events, updates the index of unfinished jobs
+        and, with `release`, gives the lease back. Nothing staged and no release: nothing to do.
+        """
+        job_id = lease.job_id
+        events = self._staged.get(lease.holder)
+        raw = self._held.get(lease.holder)
+        if events is None or raw is None:
+            if release:
+                self._release(keys=[lease_key(job_id)], args=[lease.holder])
+                self._held.pop(lease.holder, None)
+                self._released.add(lease.holder)
+            return
+        record = JobRecord.from_json(raw)
+        fields: list[Any] = []
+        for event in events:
+            flat = [item for pair in _flat(event).items() for item in pair]
+            fields += [len(flat), *flat]
+        answer = int(self._write(
+            keys=[job_key(job_id), fence_key(job_id), events_key(job_id), ACTIVE_INDEX, lease_key(job_id),
+                  sealed_2fa_key(job_id), idem_key(record.idempotency_key)],
+            args=[lease.token, lease.holder, raw, repr(record.updated_at), job_id, "1" if record.terminal else "",
+                  self.retention, "" if lease_left is None else int(lease_left * 1000), "1" if release else "",
+                  *fields],
+        ))
+        if answer == 0:
+            raise LeaseLost(f"job {job_id}: a newer run holds the job")
+        if answer == -1:
+            raise LeaseExpiring(f"job {job_id}: the lease has less than {lease_left:g}s left")
+        if answer == -2:
+            raise JobNotFound(f"no job {job_id}")
+        del self._staged[lease.holder]
+        if release:
+            self._held.pop(lease.holder, None)
+            self._released.add(lease.holder)
+        if self.observer is not None:
+            for event in events:
                 try:
-                    pipe.watch(key, fence_key(lease.job_id))  # type: ignore[no-untyped-call]
-                    if int(pipe.get(fence_key(lease.job_id)) or 0) != lease.token:
-                        raise LeaseLost(f"job {lease.job_id}: a newer run holds the job")
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise JobNotFound(f"no job {lease.job_id}")
-                    record = JobRecord.from_json(raw)
-                    change(record)
-                    record.updated_at = time.time()
-                    pipe.multi()
-                    pipe.set(key, record.to_json())
-                    if event:
-                        pipe.xadd(events_key(lease.job_id), _flat({**event, "at": record.updated_at}),  # type: ignore[arg-type]
-                                  maxlen=1000)
-                    if record.terminal:
-                        pipe.zrem(ACTIVE_INDEX, lease.job_id)
-                        self._expire(pipe, record)
-                    else:
-                        pipe.zadd(ACTIVE_INDEX, {lease.job_id: record.updated_at})
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
-        if self.observer is not None and event:
-            try:
-                self.observer(event, record)
-            except Exception:  # counting a change must never fail the step that made it (logged, not swallowed)
-                log.exception("observer_failed", job_id=lease.job_id)
+                    self.observer(event, record)
+                except Exception:  # counting a change must never fail the step that made it (logged, not swallowed)
+                    log.exception("observer_failed", job_id=job_id)
+
+    def update(self, lease: Lease, change: Change, event: dict[str, Any] | None = None, *,
+               lease_left: float | None = None) -> JobRecord:
+        """Apply `change` and write it, with anything staged before it, in one fenced write (`flush`)."""
+        previous = self._held.get(lease.holder), list(self._staged.get(lease.holder, []))
+        record = self.stage(lease, change, event)
+        try:
+            self.flush(lease, lease_left=lease_left)
+        except LeaseExpiring:
+            # Nothing was written: this run's copy goes back to what it was before the change.
+            if previous[0] is None:
+                self._held.pop(lease.holder, None)
+            else:
+                self._held[lease.holder] = previous[0]
+            self._staged[lease.holder] = previous[1]
+            raise
         return record
 
     def drop_sealed_2fa(self, job_id: str) -> None:
@@ -516,11 +637,6 @@ class RedisJobStore:
         entries: list[tuple[str, dict[str, str]]] = self.redis.xrange(OPERATIONS_STREAM, min=start)  # type: ignore[assignment]
         return [fields for _, fields in entries]
 
-    def _expire(self, pipe: Any, record: JobRecord) -> None:
-        job_id = record.job_id
-        for key in (job_key(job_id), events_key(job_id), fence_key(job_id), idem_key(record.idempotency_key)):
-            pipe.expire(key, self.retention)
-        pipe.delete(sealed_2fa_key(job_id))
 
 
 def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

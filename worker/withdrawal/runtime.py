@@ -29,6 +29,7 @@ def timing(settings: Settings) -> Timing:
         lease_ttl=settings.lease_ttl,
         # A held step touches its record well within STALL_AFTER: the sweep must not re-dispatch it.
         hold_heartbeat=settings.stall_after / 3,
+        send_budget=settings.http_connect_timeout + settings.http_read_timeout,
     )
 
 

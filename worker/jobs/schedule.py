@@ -1,0 +1,69 @@
+"""The poll schedule: when each waiting poll of a polled step is next due, kept in Redis.
+
+A poll that says "not yet" is not a Celery countdown message (Celery keeps those in the
+memory of whichever worker fetched them until they are due: thousands of pending
+withdrawals would sit in worker memory and share the queue with fresh work). It is one
+member of a sorted set scored by its due time; a waker in every worker claims the due
+ones and sends them to the polls queue.
+
+| key           | type       | holds                                                              |
+|---------------|------------|--------------------------------------------------------------------|
+| `bpxw:polls`  | sorted set | `<job id>:<step id>` -> Unix time the poll is next due             |
+
+Claiming is one script: the due members are read and pushed `hold` seconds into the future
+in the same step, so two wakers never send the same poll, and a poll whose wake was lost
+(a worker that died between claiming and sending) comes due again after `hold`. The poll's
+own run overwrites the score (the next poll) or removes the member (settled, ended).
+"""
+
+from __future__ import annotations
+
+import redis
+
+from bpx_worker.jobs.store import PREFIX
+
+POLLS_KEY = f"{PREFIX}polls"
+
+# KEYS: schedule. ARGV: now, limit, claimed-until. -> the members that were due, now claimed.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
+return due
+"""
+
+
+def _member(job_id: str, step_id: str) -> str:
+    return f"{job_id}:{step_id}"
+
+
+class PollSchedule:
+    """Due times of waiting polls; the only code that knows the schedule's key."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._claim = client.register_script(_CLAIM)
+
+    def schedule(self, job_id: str, step_id: str, due: float) -> None:
+        """Poll `step_id` of the job again at `due` (Unix time); replaces any earlier due time."""
+        self.redis.zadd(POLLS_KEY, {_member(job_id, step_id): due})
+
+    def cancel(self, job_id: str, step_id: str) -> None:
+        self.redis.zrem(POLLS_KEY, _member(job_id, step_id))
+
+    def claim(self, now: float, limit: int, hold: float) -> list[tuple[str, str]]:
+        """Up to `limit` polls due at `now`, as (job id, step id); each comes due again after `hold` s."""
+        members = self._claim(keys=[POLLS_KEY], args=[repr(now), limit, repr(now + hold)])
+        out = []
+        for member in members:
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            job_id, _, step_id = text.partition(":")
+            out.append((job_id, step_id))
+        return out
+
+    def waiting(self) -> int:
+        """Polls in the schedule (due or not)."""
+        return int(self.redis.zcard(POLLS_KEY))
+
+    def due_at(self, job_id: str, step_id: str) -> float | None:
+        score = self.redis.zscore(POLLS_KEY, _member(job_id, step_id))
+        return None if score is None else float(score)
