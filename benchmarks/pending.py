@@ -38,7 +38,11 @@ INPUTS = {"symbol": "USDC", "blockchain": "Solana", "address": "7YttLkHDoNj9wyDu
           "quantity": "1"}
 SANDBOX_ARGS = ["--balances", "USDC=1000000000", "--history-lag", "0", "--confirm-delay", "0",
                 "--hold-status", "pending"]
-WORKER_ENV = {"LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
+# The shared rate limit toward the exchange (EXCHANGE_RATE_LIMIT, 10 a second by default) is kept, its
+# Redis script counted, but set far above what the sandbox and this machine can do: the benchmark
+# measures the worker, not the limit (at the real exchange, about 33 requests a second bound a run).
+WORKER_ENV = {"LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "EXCHANGE_RATE_LIMIT": "100000",
+              "EXCHANGE_RATE_BURST": "1000"}
 REQUEST = "requestWithdrawal"
 
 

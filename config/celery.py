@@ -112,10 +112,9 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         # The job record is the result; Celery's own results would only duplicate
         # it (and make every submitter subscribe to result channels).
         "task_ignore_result": True,
-        # Task events feed Flower. Off unless TASK_EVENTS: each costs a serialised message and a
-        # PUBLISH per task state (about 8 Redis commands a job) whether or not anything listens.
-        # Flower switches workers' events on itself when it starts (its --enable-events default);
-        # TASK_EVENTS also sends the "sent" events, which only the publisher can send.
+        # Flower: see tasks as soon as they are sent and while they run. TASK_EVENTS=false saves a
+        # serialised message and a PUBLISH per task state (about 8 Redis commands a job) where no
+        # Flower listens.
         "worker_send_task_events": s.task_events,
         "task_send_sent_event": s.task_events,
         "task_track_started": True,

@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     worker_pool: str = Field("threads", pattern="^(threads|prefork|solo)$", description="Celery pool.")
     worker_concurrency: int | None = Field(None, ge=1, description="Pool slots; default 32 threads, or one "
                                            "process per core under prefork.")
-    task_events: bool = Field(False, description="Send Celery task events (Flower) from workers and publishers.")
+    # Task events feed Flower; about 8 Redis commands a job (docs/benchmarks.md). Off saves them.
+    task_events: bool = Field(True, description="Send Celery task events (Flower) from workers and publishers.")
     job_retention: int = Field(7 * 24 * 3600, gt=0, description="Seconds a job record is kept after it ends.")
     redis_socket_timeout: float = Field(10.0, gt=0)
 

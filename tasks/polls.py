@@ -37,8 +37,8 @@ class PollWaker(threading.Thread):
     def wake_once(self) -> int:
         """Claim and send the polls due now; returns how many."""
         due = poll_schedule().claim(time.time(), BATCH, self.hold)
-        for job_id, step_id in due:
-            workflow_chain(job_id, from_step=step_id).apply_async()
+        for job_id, step_id, at in due:
+            workflow_chain(job_id, from_step=step_id, due=at).apply_async()
         return len(due)
 
     def run(self) -> None:

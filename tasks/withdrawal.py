@@ -16,7 +16,7 @@ A job that ends, however it ends, gets its callback sent by a task of its own.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task, chain
@@ -33,12 +33,14 @@ from bpx_worker.tasks.app import app, job_store, poll_schedule, step_engine, unc
 from bpx_worker.tasks.callbacks import deliver_callback
 
 TASK_PREFIX = "withdrawal."
+POLL_DUE = "poll_due"  # message header of a woken poll: when it was due
 _ENDED_BADLY = frozenset({JobState.FAILED, JobState.NEEDS_REVIEW})
 
 
 def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
     started = time.monotonic()
-    late_by = _late_by(task.request.eta)
+    # A re-queued run carries its due time: a countdown message as its ETA, a woken poll as `poll_due`.
+    late_by = _late_by(task.request.eta or task.request.get(POLL_DUE))
     try:
         engine = step_engine()
     except ConfigurationError as exc:
@@ -104,17 +106,19 @@ def register(workflow: Workflow) -> dict[str, Task]:
 STEP_TASKS = register(withdrawal_workflow())
 
 
-def workflow_chain(job_id: str, from_step: str | None = None) -> Signature:
+def workflow_chain(job_id: str, from_step: str | None = None, due: float | None = None) -> Signature:
     """The chain of step tasks in the document's order. Steps already recorded are skipped when they run.
 
-    With `from_step` (a woken poll): the chain from that step on, its first task on the polls queue.
+    With `from_step` (a woken poll): the chain from that step on, its first task on the polls queue,
+    carrying the poll's due time (`due`, Unix seconds) as a header, so its lateness is measured.
     """
     steps = [step.step_id for step in withdrawal_workflow().steps]
     if from_step is not None:
         steps = steps[steps.index(from_step):]
     signatures = [STEP_TASKS[step_id].si(job_id) for step_id in steps]
     if from_step is not None:
-        signatures[0] = signatures[0].set(queue=POLLS_QUEUE)
+        headers = {POLL_DUE: datetime.fromtimestamp(due, UTC).isoformat()} if due is not None else {}
+        signatures[0] = signatures[0].set(queue=POLLS_QUEUE, headers=headers)
     return chain(*signatures)
 
 

@@ -26,12 +26,12 @@ def test_claims_are_exclusive_and_a_lost_wake_comes_due_again(store):
         schedule.schedule(job_id, RECONCILE, now - 1)
     first = schedule.claim(now, limit=2, hold=0.5)
     second = schedule.claim(now, limit=10, hold=0.5)
-    mine = {j for j, _ in first + second if j in jobs}
-    assert mine == set(jobs) and not {j for j, _ in first} & {j for j, _ in second}
-    assert all(step == RECONCILE for j, step in first + second if j in jobs)
-    assert not [j for j, _ in schedule.claim(time.time(), limit=10, hold=0.5) if j in jobs]  # all held
+    mine = {j for j, _, _ in first + second if j in jobs}
+    assert mine == set(jobs) and not {j for j, _, _ in first} & {j for j, _, _ in second}
+    assert all(step == RECONCILE and due == now - 1 for j, step, due in first + second if j in jobs)
+    assert not [j for j, _, _ in schedule.claim(time.time(), limit=10, hold=0.5) if j in jobs]  # all held
     again = schedule.claim(now + 0.6, limit=10, hold=60)
-    assert {j for j, _ in again if j in jobs} == set(jobs)  # nobody polled them: due again after the hold
+    assert {j for j, _, _ in again if j in jobs} == set(jobs)  # nobody polled them: due again after the hold
     for job_id in jobs:
         schedule.cancel(job_id, RECONCILE)
         assert schedule.due_at(job_id, RECONCILE) is None

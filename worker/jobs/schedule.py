@@ -24,10 +24,11 @@ from bpx_worker.jobs.store import PREFIX
 
 POLLS_KEY = f"{PREFIX}polls"
 
-# KEYS: schedule. ARGV: now, limit, claimed-until. -> the members that were due, now claimed.
+# KEYS: schedule. ARGV: now, limit, claimed-until. -> the members that were due and their due times
+# (member, score, member, score, ...), now claimed.
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[3], due[i]) end
 return due
 """
 
@@ -50,14 +51,14 @@ class PollSchedule:
     def cancel(self, job_id: str, step_id: str) -> None:
         self.redis.zrem(POLLS_KEY, _member(job_id, step_id))
 
-    def claim(self, now: float, limit: int, hold: float) -> list[tuple[str, str]]:
-        """Up to `limit` polls due at `now`, as (job id, step id); each comes due again after `hold` s."""
-        members = self._claim(keys=[POLLS_KEY], args=[repr(now), limit, repr(now + hold)])
+    def claim(self, now: float, limit: int, hold: float) -> list[tuple[str, str, float]]:
+        """Up to `limit` polls due at `now`, as (job id, step id, due time); each comes due again after `hold` s."""
+        answer = self._claim(keys=[POLLS_KEY], args=[repr(now), limit, repr(now + hold)])
         out = []
-        for member in members:
+        for member, score in zip(answer[::2], answer[1::2], strict=True):
             text = member.decode() if isinstance(member, bytes) else str(member)
             job_id, _, step_id = text.partition(":")
-            out.append((job_id, step_id))
+            out.append((job_id, step_id, float(score)))
         return out
 
     def waiting(self) -> int:
