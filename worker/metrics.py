@@ -150,6 +150,9 @@ class MeteredExchange:
         self._operations = {(s.operation.method, s.operation.path): s.operation.operation_id
                             for s in workflow.steps}
 
+    def reserve_slot(self) -> None:
+        self.client.reserve_slot()
+
     def send(self, request: HttpRequest) -> Response:
         operation = self._operations.get((request.method, request.path), f"{request.method} {request.path}")
         m = metrics()

@@ -232,3 +232,23 @@ def test_a_withdrawal_is_not_sent_on_a_lease_too_short_for_the_request(stack, ru
     assert entry is None or entry.attempts == []  # no attempt recorded: nothing may have left
     assert runner.run(job_id, REQUEST).action == "continue"  # a run with a long enough lease sends it
     assert len(sandbox.withdrawals()) == before + 1
+
+
+def test_a_withdrawal_held_back_by_the_rate_limit_leaves_no_sending_mark(stack, runner, store, sandbox):
+    from bpx_worker.exchange.ratelimit import Limit, RedisRateLimiter
+
+    job_id = _job(store)
+    assert runner.run(job_id, "getBalances").action == "continue"
+    # One request a minute, no waiting in a slot: the first request takes the only turn, the next is refused.
+    limiter = RedisRateLimiter(store.redis, Limit(per_second=1 / 60, max_wait=0), name=f"test-{uuid.uuid4().hex}")
+    limiter.acquire()
+    signer = Signer.from_secret(stack.api_key, stack.secret_file.read_text())
+    client = BackpackClient(stack.sandbox_url, signer, read_timeout=1.0, limiter=limiter)
+    engine = build_engine(settings.get(), store, client, signer)
+    before = len(sandbox.withdrawals())
+    outcome = engine.run(job_id, REQUEST)
+    client.close()
+    assert outcome.action == "retry" and outcome.countdown > 0
+    assert len(sandbox.withdrawals()) == before
+    entry = store.require(job_id).steps.get(REQUEST)
+    assert entry is None or entry.attempts == []  # not marked sending: a worker dying here leaves nothing to review

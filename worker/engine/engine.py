@@ -96,6 +96,10 @@ class Exchange(Protocol):
 
     def send(self, request: HttpRequest) -> Response: ...
 
+    def reserve_slot(self) -> None:
+        """Wait for the next request's turn under the rate limit (RateLimited: nothing reserved)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Next:
@@ -335,6 +339,12 @@ class StepEngine:
             hold = self._hold()
             if hold is not None:
                 return self._wait(lease, self.store.require(lease.job_id), step, hold)
+            # The rate limit's turn is taken before the mark: a worker that dies while it waits for its turn
+            # leaves no `sending` mark of a request that never left (nothing to look up, no review).
+            try:
+                self.client.reserve_slot()
+            except RateLimited as exc:
+                return self._transient(lease, record, step, exc)
             self._mark(lease, step, number, AttemptState.SENDING, event="submitting",
                        lease_left=self.timing.send_budget or None)
             try:

@@ -47,6 +47,8 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import threading
+import time
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -275,6 +277,7 @@ class BackpackClient:
         self._env_settings: dict[str, Any] | None = None
         # Every request waits for its slot of the shared rate limit (exchange/ratelimit.py) before it is signed.
         self.limiter = limiter
+        self._reserved = threading.local()  # a turn taken by reserve_slot, per thread
 
     @classmethod
     def from_settings(cls, settings: Any, signer: Signer | None,
@@ -352,9 +355,23 @@ class BackpackClient:
             self._env_settings = self.session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
         return self._env_settings
 
+    def reserve_slot(self) -> None:
+        """Wait now for this thread's next request's turn under the shared rate limit.
+
+        For a request that moves money: its caller records it as `sending` only once the turn is
+        taken, so a worker that dies while waiting leaves no mark of a request that never left.
+        Raises RateLimited (nothing reserved) when the wait would be too long. The reservation is
+        used by this thread's next request within a second, and lapses otherwise.
+        """
+        if self.limiter is not None:
+            self.limiter.acquire()
+            self._reserved.until = time.monotonic() + 1.0
+
     def _send_once(self, request: HttpRequest) -> Response:
         what = f"{request.method} {request.path}"
-        if self.limiter is not None:
+        reserved = getattr(self._reserved, "until", 0.0) >= time.monotonic()
+        self._reserved.until = 0.0
+        if self.limiter is not None and not reserved:
             self.limiter.acquire()  # before signing, so the timestamp is fresh; RateLimited means nothing was sent
         prepared, settings = self._prepare(request)
         try:
