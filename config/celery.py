@@ -21,7 +21,7 @@ POLLS_QUEUE = "withdrawal.polls"
 # Batch bookkeeping (balance reads for a submitter, trackers, inbox runs) has its own queue, so it never
 # waits behind a batch's thousands of step messages. Workers consume all three (task_queues).
 BATCH_QUEUE = "batches"
-# RedBeat keeps the schedule and its lock under this prefix (see the README's table of Redis keys).
+# RedBeat keeps the schedule and its lock under this prefix (see the table of Redis keys in docs/payouts.md).
 REDBEAT_PREFIX = "bpxw:redbeat:"
 
 

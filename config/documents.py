@@ -3,8 +3,8 @@
 `config/workflows/arazzo/` holds the seed Arazzo document exactly as published;
 `config/workflows/openapi/` the Backpack OpenAPI description it names by the
 relative URL `../openapi/backpack-exchange-openapi.yml`. `worker-additions.yml`
-is the JSON Patch (RFC 6902) the worker applies to the seed; the README lists
-each change and why.
+is the JSON Patch (RFC 6902) the worker applies to the seed; docs/configuration.md
+("What differs from the seed workflow") lists each change and why.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each setting is read from the environment variable of the same name in upper
 case (`redis_url` <- `REDIS_URL`). `Settings()` validates all of them at once
-and names each bad variable. The README's configuration table mirrors this
-class.
+and names each bad variable. The configuration table of docs/configuration.md
+mirrors this class.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(60.0, gt=0, description="How often beat looks for stalled jobs.")
     stall_after: float = Field(1200.0, gt=0, description="An unfinished job unchanged this long is re-dispatched.")
     # Threads keep many exchange requests in flight on a few cores (a step mostly waits for the exchange
-    # and Redis); docs/benchmarks.md measures the choice and README "Worker pool" says how each prefork-only
-    # safeguard is kept. prefork (one process per step) stays available.
+    # and Redis); docs/benchmarks.md measures the choice and docs/design.md "Worker pool" says how each
+    # prefork-only safeguard is kept. prefork (one process per step) stays available.
     worker_pool: str = Field("threads", pattern="^(threads|prefork|solo)$", description="Celery pool.")
     worker_concurrency: int | None = Field(None, ge=1, description="Pool slots; default 32 threads, or one "
                                            "process per core under prefork.")

@@ -18,7 +18,7 @@ from bpx_worker.interfaces import cli, common
 from bpx_worker.jobs.base import Lease
 from bpx_worker.jobs.store import RedisJobStore
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPERATORS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operators.md"
 PASSWORD = "pw-Never-Shown-42"
 
 
@@ -67,14 +67,14 @@ def test_an_unreachable_redis_is_service_unavailable_without_the_password(unreac
 # --- exit codes ---------------------------------------------------------------------------------
 
 
-def _readme_exit_codes() -> dict[int, str]:
-    section = README.read_text().split("### Exit codes", 1)[1].split("\n#", 1)[0]
+def _documented_exit_codes() -> dict[int, str]:
+    section = OPERATORS_DOC.read_text().split("### Exit codes", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| (\d+) \| (.+?) \|$", section, re.MULTILINE)
     return {int(code): meaning for code, meaning in rows}
 
 
-def test_the_readme_exit_code_table_mirrors_the_cli():
-    assert _readme_exit_codes() == common.EXIT_CODES
+def test_the_documented_exit_code_table_mirrors_the_cli():
+    assert _documented_exit_codes() == common.EXIT_CODES
 
 
 def test_exit_codes_are_distinct_and_service_unavailable_is_not_failed():

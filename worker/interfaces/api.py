@@ -1,6 +1,6 @@
 """The Python API for upstream services: submit a withdrawal, read it, wait for it.
 
-`get_job` and `wait_for` return the typed `JobRecord` (README, "The job record");
+`get_job` and `wait_for` return the typed `JobRecord` (docs/design.md, "The job record");
 the errors a caller handles are `InvalidRequest` (bad input, nothing written),
 `IdempotencyConflict` (same key, another request), `JobNotFound` and
 `ServiceUnavailable`, all under `bpx_worker.errors.WorkerError`.

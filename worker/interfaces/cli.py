@@ -1,7 +1,7 @@
 """`bpx-worker`: submit withdrawals, inspect and follow jobs, start the worker and Flower.
 
 Results go to stdout, errors to stderr as one line (no traceback), and the exit
-code says what happened: see `EXIT_CODES` (`common.py`), mirrored in the README.
+code says what happened: see `EXIT_CODES` (`common.py`), mirrored in docs/operators.md.
 The operators' commands live in `ops_cli.py` and are registered here.
 """
 

@@ -19,7 +19,7 @@ from bpx_worker.config import settings as config_settings
 from bpx_worker.errors import ConfigurationError, InvalidRequest, ServiceUnavailable
 from bpx_worker.jobs.store import RedisJobStore
 
-# The exit codes of every command: one table, mirrored in the README.
+# The exit codes of every command: one table, mirrored in docs/operators.md ("Exit codes").
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # click uses 2 for bad arguments too

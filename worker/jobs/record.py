@@ -1,7 +1,7 @@
 """The job record: the contract that upstream services and operators read.
 
-Every reader and writer goes through `JobRecord`; the README documents the
-format. `FORMAT` is written into every record; a record written before the
+Every reader and writer goes through `JobRecord`; docs/design.md ("The job record")
+documents the format. `FORMAT` is written into every record; a record written before the
 field existed (format 0) is read and upgraded on the fly, so a job started by
 an older worker finishes under this one.
 """
