@@ -123,7 +123,7 @@ def celery_settings(s: Settings) -> dict[str, Any]:
         "worker_concurrency": s.concurrency(),
         # A worker started without -Q consumes every queue: fresh steps, woken polls, batch bookkeeping.
         "task_queues": [Queue(QUEUE), Queue(POLLS_QUEUE), Queue(BATCH_QUEUE)],
-        "task_routes": {"batch.*": {"queue": BATCH_QUEUE}},
+        "task_routes": {"batch.*": {"queue": BATCH_QUEUE}, "polls.*": {"queue": POLLS_QUEUE}},
         # Beat runs on RedBeat: the schedule and a lock live in Redis, so when two beats are started exactly one
         # acts (the other waits for the lock); a beat that dies is replaced once its lock expires.
         "beat_scheduler": "redbeat.RedBeatScheduler",

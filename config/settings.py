@@ -112,8 +112,11 @@ class Settings(BaseSettings):
     reconcile_backoff_factor: float = Field(2.0, ge=1)
     reconcile_max_delay: float = Field(30.0, gt=0)
     reconcile_deadline: float = Field(900.0, gt=0, description="Seconds from the request to a terminal status.")
-    # Waiting polls live in a Redis sorted set; each worker's waker sends the due ones this often.
-    poll_wake_interval: float = Field(0.25, gt=0, le=10, description="Seconds between looks for due polls.")
+    # Waiting polls live in a Redis sorted set; each worker's waker sends the due ones this often, as one
+    # poll round per step: one shared read of the withdrawal history answers every job in the round.
+    poll_wake_interval: float = Field(1.0, gt=0, le=10, description="Seconds between poll rounds.")
+    # The balance read is the same for every job: one answer serves every job for this long (0: never shared).
+    shared_read_seconds: float = Field(1.0, ge=0, le=60, description="Freshness window of shared balance reads.")
 
     # Ambiguous withdrawal outcome: how long to look it up by clientId before needs_review.
     lookup_deadline: float = Field(120.0, gt=0)

@@ -1,33 +1,74 @@
-"""The poll waker: a thread in every worker that sends due polls from the schedule to the polls queue.
+"""Poll rounds: a waker thread in every worker sends the due polls, and one task polls them all at once.
 
 Waiting polls of pending withdrawals live in a Redis sorted set (`jobs/schedule.py`), not as
-countdown messages in worker memory. Every `POLL_WAKE_INTERVAL` seconds the waker claims the due
-ones (one script: no two wakers send the same poll) and sends each as the chain from its step on,
-the first task on the polls queue. A claimed poll comes due again after `VISIBILITY_TIMEOUT` if its
-wake was lost (a worker that died between claiming and sending): the same bound as any message
-Redis redelivers.
+countdown messages in worker memory. Every `POLL_WAKE_INTERVAL` seconds the waker claims the
+due ones (one script: no two wakers send the same poll) and sends them, by step, as one
+`polls.round` task on the polls queue. The round asks the engine to poll every job in it with
+one read of the withdrawal history (`StepEngine.run_polls`): each job is judged against its
+own criteria, and what comes next for each is what its own step task would do (poll again
+later, settled, ended and called back). So 10,000 pending withdrawals cost a few history
+reads a round, not one read per withdrawal per poll; and the reads are background requests
+that yield to fresh withdrawals when the exchange's rate limit binds.
+
+A claimed poll comes due again after `VISIBILITY_TIMEOUT` if its round was lost (a worker that
+died between claiming and sending): the same bound as any message Redis redelivers. A round
+redelivered after a worker died is safe: each job's step runs under its lease and skips what
+is already recorded.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from typing import Any
 
 import structlog
-from celery import signals
+from celery import Task, signals
 
+from bpx_worker import metrics
 from bpx_worker.config import settings as config_settings
-from bpx_worker.tasks.app import poll_schedule
-from bpx_worker.tasks.withdrawal import workflow_chain
+from bpx_worker.config.celery import POLLS_QUEUE
+from bpx_worker.errors import ServiceUnavailable
+from bpx_worker.tasks.app import app, poll_schedule, step_engine
+from bpx_worker.tasks.withdrawal import call_back_if_ended, workflow_chain
 
 log = structlog.get_logger(__name__)
 
-BATCH = 500  # polls sent per claim; a full batch is followed by another claim at once
+BATCH = 500  # polls claimed per look; a full batch is followed by another look at once
+ROUND_TASK = "polls.round"
+
+
+@app.task(name=ROUND_TASK, bind=True, max_retries=None, autoretry_for=(ServiceUnavailable,),
+          retry_backoff=True, retry_backoff_max=60)
+def poll_round(self: Task, step_id: str, due: list[tuple[str, float]]) -> dict[str, int]:
+    """Poll `step_id` of the jobs in `due` ([job id, due time], ...) with one shared read."""
+    started = time.monotonic()
+    outcomes = step_engine().run_polls([job_id for job_id, _ in due], step_id)
+    seconds = (time.monotonic() - started) / max(len(due), 1)
+    schedule = poll_schedule()
+    counts: dict[str, int] = defaultdict(int)
+    now = time.time()
+    for job_id, due_at in due:
+        outcome = outcomes[job_id]
+        metrics.observe_run(step_id, outcome.action, seconds, late_by=now - due_at)
+        if outcome.action == "retry":
+            # Not settled yet, or the rate limit held the read back: the next poll, in the schedule.
+            schedule.schedule(job_id, step_id, now + outcome.countdown)
+            counts["waiting"] += 1
+            continue
+        schedule.cancel(job_id, step_id)
+        if outcome.action == "continue":
+            workflow_chain(job_id).apply_async()  # steps already recorded skip themselves
+            counts["continued"] += 1
+        else:
+            call_back_if_ended(job_id, outcome)
+            counts[outcome.state.value if outcome.state else "stopped"] += 1
+    return dict(counts)
 
 
 class PollWaker(threading.Thread):
-    """Sends due polls until stopped."""
+    """Sends due polls, a round per step, until stopped."""
 
     def __init__(self, interval: float, hold: float):
         super().__init__(name="poll-waker", daemon=True)
@@ -35,10 +76,13 @@ class PollWaker(threading.Thread):
         self.stopping = threading.Event()
 
     def wake_once(self) -> int:
-        """Claim and send the polls due now; returns how many."""
+        """Claim the polls due now and send them as rounds; returns how many polls."""
         due = poll_schedule().claim(time.time(), BATCH, self.hold)
+        by_step: dict[str, list[tuple[str, float]]] = defaultdict(list)
         for job_id, step_id, at in due:
-            workflow_chain(job_id, from_step=step_id, due=at).apply_async()
+            by_step[step_id].append((job_id, at))
+        for step_id, jobs in by_step.items():
+            poll_round.apply_async((step_id, jobs), queue=POLLS_QUEUE)
         return len(due)
 
     def run(self) -> None:

@@ -16,7 +16,7 @@ A job that ends, however it ends, gets its callback sent by a task of its own.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from celery import Task, chain
@@ -25,22 +25,20 @@ from celery.canvas import Signature
 from bpx_worker import metrics
 from bpx_worker.arazzo.workflow import Workflow, withdrawal_workflow
 from bpx_worker.config import settings as config_settings
-from bpx_worker.config.celery import POLLS_QUEUE
-from bpx_worker.engine.engine import is_polled
+from bpx_worker.engine.engine import Next, is_polled
 from bpx_worker.errors import ConfigurationError, JobEnded
 from bpx_worker.jobs.record import ErrorCode, JobState
 from bpx_worker.tasks.app import app, job_store, poll_schedule, step_engine, unconfigured_engine
 from bpx_worker.tasks.callbacks import deliver_callback
 
 TASK_PREFIX = "withdrawal."
-POLL_DUE = "poll_due"  # message header of a woken poll: when it was due
 _ENDED_BADLY = frozenset({JobState.FAILED, JobState.NEEDS_REVIEW})
 
 
 def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
     started = time.monotonic()
-    # A re-queued run carries its due time: a countdown message as its ETA, a woken poll as `poll_due`.
-    late_by = _late_by(task.request.eta or task.request.get(POLL_DUE))
+    # A re-queued run carries its due time as its ETA.
+    late_by = _late_by(task.request.eta)
     try:
         engine = step_engine()
     except ConfigurationError as exc:
@@ -48,14 +46,13 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
     else:
         outcome = engine.run(job_id, step_id)
     metrics.observe_run(step_id, outcome.action, time.monotonic() - started, late_by)
-    polled = is_polled(withdrawal_workflow().step(step_id))
     if outcome.action == "retry" and outcome.poll:
         # "Not yet": the poll waits in the schedule (Redis), not as a countdown message in this
-        # worker's memory. The waker sends it to the polls queue when due, with the rest of the chain.
+        # worker's memory. The waker sends it, with others due then, in a poll round (tasks/polls.py).
         poll_schedule().schedule(job_id, step_id, time.time() + outcome.countdown)
         task.request.chain = None
         return {"job_id": job_id, "step": step_id, "next": "poll", "state": None}
-    if polled and outcome.action != "retry":
+    if is_polled(withdrawal_workflow().step(step_id)) and outcome.action != "retry":
         poll_schedule().cancel(job_id, step_id)  # settled or ended: no further poll
     if outcome.action == "retry":
         # A new message with a countdown (never a sleep in a worker slot); the
@@ -64,16 +61,23 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
         raise task.retry(countdown=outcome.countdown)
     if outcome.action == "stop":
         task.request.chain = None  # the job has ended: the rest of the chain must not run
-        if outcome.state is not None and outcome.state.terminal:
-            # Also when a redelivered run finds the job ended: the run that ended it may have died
-            # before this line. The callback task skips a callback already delivered.
-            record = job_store().get(job_id)
-            if record is not None and record.callback_url:
-                deliver_callback.delay(job_id)
+        call_back_if_ended(job_id, outcome)
         if outcome.code is not None and outcome.state in _ENDED_BADLY:
             raise JobEnded(outcome.code, outcome.state.value, job_id)
     return {"job_id": job_id, "step": step_id, "next": outcome.action,
             "state": outcome.state.value if outcome.state else None}
+
+
+def call_back_if_ended(job_id: str, outcome: Next) -> None:
+    """Send the job's callback when the run found it ended.
+
+    Also when a redelivered run finds the job ended: the run that ended it may have died
+    before this line. The callback task skips a callback already delivered.
+    """
+    if outcome.state is not None and outcome.state.terminal:
+        record = job_store().get(job_id)
+        if record is not None and record.callback_url:
+            deliver_callback.delay(job_id)
 
 
 def _late_by(eta: Any) -> float | None:
@@ -106,20 +110,9 @@ def register(workflow: Workflow) -> dict[str, Task]:
 STEP_TASKS = register(withdrawal_workflow())
 
 
-def workflow_chain(job_id: str, from_step: str | None = None, due: float | None = None) -> Signature:
-    """The chain of step tasks in the document's order. Steps already recorded are skipped when they run.
-
-    With `from_step` (a woken poll): the chain from that step on, its first task on the polls queue,
-    carrying the poll's due time (`due`, Unix seconds) as a header, so its lateness is measured.
-    """
-    steps = [step.step_id for step in withdrawal_workflow().steps]
-    if from_step is not None:
-        steps = steps[steps.index(from_step):]
-    signatures = [STEP_TASKS[step_id].si(job_id) for step_id in steps]
-    if from_step is not None:
-        headers = {POLL_DUE: datetime.fromtimestamp(due, UTC).isoformat()} if due is not None else {}
-        signatures[0] = signatures[0].set(queue=POLLS_QUEUE, headers=headers)
-    return chain(*signatures)
+def workflow_chain(job_id: str) -> Signature:
+    """The chain of step tasks in the document's order. Steps already recorded are skipped when they run."""
+    return chain(*(STEP_TASKS[step.step_id].si(job_id) for step in withdrawal_workflow().steps))
 
 
 @app.task(name=TASK_PREFIX + "sweep")

@@ -153,12 +153,12 @@ class MeteredExchange:
     def reserve_slot(self) -> None:
         self.client.reserve_slot()
 
-    def send(self, request: HttpRequest) -> Response:
+    def send(self, request: HttpRequest, *, background: bool = False) -> Response:
         operation = self._operations.get((request.method, request.path), f"{request.method} {request.path}")
         m = metrics()
         started = self.clock()
         try:
-            response = self.client.send(request)
+            response = self.client.send(request, background=background)
         except RejectedError as exc:
             m.exchange_calls.labels(operation, str(exc.status or ""), exc.code).inc()
             raise

@@ -54,3 +54,24 @@ def test_a_pending_withdrawal_polls_from_the_schedule_and_leaves_it_when_settled
     assert record.state == "succeeded"
     # The task removes the poll right after the run that recorded the end.
     wait_until(lambda: schedule.due_at(job_id, RECONCILE) is None, 10, "the poll to leave the schedule")
+
+
+def test_the_worker_polls_pending_withdrawals_in_rounds_of_one_history_read(stack, store, sandbox):
+    sandbox.configure(hold_status="pending", history_lag=0)
+    jobs = [submit_withdrawal("USDC", "Solana", "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG", "1")
+            for _ in range(8)]
+
+    def polls() -> int:
+        return sum(r.steps[RECONCILE].polls for r in map(store.get, jobs) if RECONCILE in r.steps)
+
+    def history_reads() -> int:
+        return int(sandbox.ledger()["requests"].get("GET /wapi/v1/capital/withdrawals", 0))
+
+    wait_until(lambda: all(RECONCILE in store.get(j).steps and store.get(j).steps[RECONCILE].polls >= 1
+                           for j in jobs), 30, "every job's first poll")
+    polls_before, reads_before = polls(), history_reads()
+    # Within the test's reconcile deadline (RECONCILE_DEADLINE=6 s), two more polls a job.
+    wait_until(lambda: polls() - polls_before >= 16, 30, "sixteen more polls")
+    polls_made, reads_made = polls() - polls_before, history_reads() - reads_before
+    # Alone, every poll is a read. In rounds, the jobs due together share one.
+    assert reads_made * 2 <= polls_made, (reads_made, polls_made)

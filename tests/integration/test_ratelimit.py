@@ -70,6 +70,22 @@ def test_a_slot_further_away_than_max_wait_is_not_taken_and_says_when_to_come_ba
     assert isinstance(caught.value, TransientError)  # nothing was sent
 
 
+def test_a_background_request_takes_only_a_free_slot_and_yields_while_fresh_requests_queue(redis_client):
+    fresh, fresh_waits = limiter(redis_client, "priority", per_second=2, max_wait=5)
+    poll, poll_waits = limiter(redis_client, "priority", per_second=2, max_wait=5)  # another process
+    poll.acquire(background=True)  # nothing queued: the free slot, at once
+    assert poll_waits.seconds == []
+    fresh.acquire()  # in 0.5 s
+    fresh.acquire()  # in 1 s
+    with pytest.raises(RateLimited) as caught:
+        poll.acquire(background=True)  # fresh requests queue: the poll does not join the queue...
+    assert 0.5 < caught.value.retry_after <= 1.5  # ...and is told when the queue will have drained
+    fresh.acquire()  # so the next fresh request's slot is the one right after the queue, not after the poll
+    assert len(fresh_waits.seconds) == 3 and fresh_waits.seconds[-1] <= 1.5
+    with pytest.raises(RateLimited):
+        poll.acquire(background=True)
+
+
 def test_burst_lets_that_many_go_at_once(redis_client):
     bursty, waits = limiter(redis_client, "burst", per_second=1, burst=3, max_wait=0)
     for _ in range(3):

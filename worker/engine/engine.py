@@ -13,7 +13,10 @@ behaviour comes from what the document says about it, plus the `Rules` table:
   attempt the exchange certainly did not process may be followed by another;
 - a step with a `retry` failure action is **polled**: re-run after the poll
   backoff while its criteria say "not yet" or its status is in progress
-  (`Rules.settlement`), until the retry limit or the poll deadline;
+  (`Rules.settlement`), until the retry limit or the poll deadline. Its reads
+  are background requests (they yield to every other request when the rate
+  limit binds), and `run_polls` polls many jobs with one shared read of the
+  list they filter (`exchange/filters.read_shared`), each judged alone;
 - a transient failure (certainly not processed) is retried with the retry
   backoff, counted in the record, up to its limit.
 
@@ -39,7 +42,7 @@ re-run finds again (a read's answer, counts); never the mark.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
@@ -66,6 +69,7 @@ from bpx_worker.errors import (
     ConfigurationError,
     DocumentError,
     ExchangeError,
+    JobNotFound,
     LeaseExpiring,
     LeaseLost,
     RateLimited,
@@ -73,6 +77,7 @@ from bpx_worker.errors import (
     TransientError,
     UnsendableRequest,
 )
+from bpx_worker.exchange import filters
 from bpx_worker.exchange.client import Response
 from bpx_worker.jobs.base import Change, JobStore, Lease
 from bpx_worker.jobs.record import (
@@ -94,7 +99,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 class Exchange(Protocol):
     """What the engine needs of the exchange client (`bpx_worker.exchange.client.BackpackClient`)."""
 
-    def send(self, request: HttpRequest) -> Response: ...
+    def send(self, request: HttpRequest, *, background: bool = False) -> Response: ...
 
     def reserve_slot(self) -> None:
         """Wait for the next request's turn under the rate limit (RateLimited: nothing reserved)."""
@@ -134,6 +139,17 @@ class Timing:
     send_budget: float = 0.0
 
 
+@dataclass(frozen=True)
+class SharedPolls:
+    """How `run_polls` reads once for many jobs (see `exchange/filters.read_shared`)."""
+
+    # The list is read from this many seconds before the oldest job was created: whatever a job made
+    # was made after it was created by our clock; the margin covers the exchange's clock being behind.
+    since_margin: float = 120.0
+    page_size: int = 1000
+    max_pages: int = 10
+
+
 # Asked right before a request that moves money is sent: what holds it now (e.g. "pause"), or None to go on.
 SendGate = Callable[[], str | None]
 
@@ -159,8 +175,9 @@ def is_polled(step: Step) -> bool:
 class StepEngine:
     def __init__(self, store: JobStore, client: Exchange, workflow: Workflow, rules: Rules, timing: Timing,
                  open_sealed: Callable[[bytes], str] | None = None, clock: Callable[[], float] = time.time,
-                 gate: SendGate | None = None):
+                 gate: SendGate | None = None, shared_polls: SharedPolls | None = None):
         self.store = store
+        self.shared_polls = shared_polls
         self.gate = gate
         self.client = client
         self.workflow = workflow
@@ -187,7 +204,85 @@ class StepEngine:
         if taken.lease is None or taken.record is None:
             # Another run of this job is working (or died holding the lease): come back when it runs out.
             return Next("retry", countdown=taken.wait + 0.5)
-        lease, record = taken.lease, taken.record
+        return self._run_taken(step, taken.lease, taken.record)
+
+    def run_polls(self, job_ids: Sequence[str], step_id: str) -> dict[str, Next]:
+        """Poll the polled step `step_id` of many jobs, asking the exchange once for all of them.
+
+        Each job is run as `run` runs it (its lease, its record, its own criteria, outputs
+        and settlement); only the read is shared: one read of the list their requests
+        filter, from the oldest job's creation on, and each job gets the items its own
+        request matches. A job the shared read cannot answer reads alone. When the shared
+        read is refused by the rate limit, nothing is written: every job comes back later.
+        """
+        step = self.workflow.step(step_id)
+        if not is_polled(step):
+            raise DocumentError(f"step {step_id!r} is not polled: it has no retry failure action")
+        outcomes: dict[str, Next] = {}
+        held: list[tuple[Lease, JobRecord]] = []
+        for job_id in job_ids:
+            try:
+                taken = self.store.take(job_id, self.timing.lease_ttl)
+            except JobNotFound:
+                outcomes[job_id] = Next("stop")  # expired with its retention: nothing left to poll
+                continue
+            if taken.lease is None or taken.record is None:
+                outcomes[job_id] = Next("retry", countdown=taken.wait + 0.5, poll=True)
+                continue
+            done = taken.record.steps.get(step_id)
+            if taken.record.terminal or (done is not None and done.state is StepState.DONE):
+                outcomes[job_id] = self._run_taken(step, taken.lease, taken.record)
+            else:
+                held.append((taken.lease, taken.record))
+        try:
+            answers = self._read_shared(step, held)
+        except RateLimited as exc:
+            for lease, _ in held:
+                self.store.release(lease)
+                outcomes[lease.job_id] = self._rate_limited(exc, poll=True)
+            return outcomes
+        except BaseException:
+            for lease, _ in held:
+                self.store.release(lease)
+            raise
+        for lease, record in held:
+            outcomes[lease.job_id] = self._run_taken(step, lease, record, answers.get(lease.job_id))
+        return outcomes
+
+    def _read_shared(self, step: Step, held: Sequence[tuple[Lease, JobRecord]]) -> dict[str, Response | ExchangeError]:
+        """Each job's answer from one shared read; a job left out reads alone. Raises RateLimited."""
+        if self.shared_polls is None or len(held) < 2:
+            return {}
+        requests: dict[str, HttpRequest] = {}
+        for lease, record in held:
+            try:
+                requests[lease.job_id] = build_request(step, self._context(record))
+            except (ConfigurationError, DocumentError):
+                continue  # its own run builds it again and records why it cannot
+        since = min(record.created_at for _, record in held) - self.shared_polls.since_margin
+        try:
+            shared = filters.read_shared(lambda r: self.client.send(r, background=True), list(requests.values()),
+                                         int(since * 1000), page_size=self.shared_polls.page_size,
+                                         max_pages=self.shared_polls.max_pages)
+        except RateLimited:
+            raise
+        except RejectedError as exc:
+            # Not an answer about any job's withdrawal (the list read itself was refused): each job reads alone.
+            log.warning("shared_read_refused", step=step.step_id, code=exc.code, message=exc.message)
+            return {}
+        except ExchangeError as exc:
+            # The read failed as each job's own read would have: each job's poll records it.
+            return {job_id: exc for job_id in requests}
+        page = shared.page
+        if page is None:
+            return {}
+        return {job_id: Response(page.status, items, page.headers, page.url)
+                for job_id, items in zip(requests, shared.answers, strict=True) if items is not None}
+
+    def _run_taken(self, step: Step, lease: Lease, record: JobRecord,
+                   answer: Response | ExchangeError | None = None) -> Next:
+        """Run the step under a lease taken with the record; gives the lease back."""
+        job_id, step_id = lease.job_id, step.step_id
         try:
             if record.terminal:
                 return Next("stop", state=record.state)
@@ -205,7 +300,7 @@ class StepEngine:
                     if is_at_most_once(step):
                         outcome = self._send_once(lease, record, step)
                     else:
-                        outcome = self._read(lease, record, step)
+                        outcome = self._read(lease, record, step, answer)
                 except ConfigurationError as exc:
                     outcome = self._end(lease, step.step_id, ErrorCode.CONFIGURATION, str(exc),
                                         state=self._failure_state(record))
@@ -242,11 +337,20 @@ class StepEngine:
 
     # --- reads and polls ----------------------------------------------------------------------
 
-    def _read(self, lease: Lease, record: JobRecord, step: Step) -> Next:
+    def _read(self, lease: Lease, record: JobRecord, step: Step,
+              answer: Response | ExchangeError | None = None) -> Next:
+        """Send the step's read (or take the `answer` a shared read found for it) and judge it."""
         ctx = self._context(record)
         try:
             request = build_request(step, ctx)
-            judged = self._judge(step, ctx, request, self.client.send(request))
+            if answer is None:
+                # A poll is a background request: it yields to fresh work when the rate limit binds.
+                answer = self.client.send(request, background=is_polled(step))
+            elif isinstance(answer, ExchangeError):
+                raise answer.with_traceback(None)
+            judged = self._judge(step, ctx, request, answer)
+        except RateLimited as exc:
+            return self._rate_limited(exc, poll=is_polled(step))
         except RejectedError as exc:
             return self._end(lease, step.step_id, exc.code, exc.message, state=self._failure_state(record),
                              source="exchange")
@@ -514,11 +618,16 @@ class StepEngine:
         return self.store.stage(lease, change, {"event": "step_started", "step": step_id,
                                                 "message": f"released ({waited})" if waited else None})
 
+    def _rate_limited(self, exc: RateLimited, poll: bool = False) -> Next:
+        """Our own limiter held the request back: nothing was sent and nothing failed. Come back when the
+        slot is due; not counted (against RETRY_MAX_ATTEMPTS or a retryLimit), so a large batch never
+        exhausts a job. A poll comes back as a poll (to the schedule, not a countdown message)."""
+        return Next("retry", countdown=min(max(exc.retry_after or 0.0, 0.05), self.timing.retry.max_delay),
+                    poll=poll)
+
     def _transient(self, lease: Lease, record: JobRecord, step: Step, exc: ExchangeError) -> Next:
         if isinstance(exc, RateLimited):
-            # Our own limiter held the request back: nothing was sent and nothing failed. Come back when the
-            # slot is due; not counted against RETRY_MAX_ATTEMPTS, so a large batch never exhausts a job.
-            return Next("retry", countdown=min(max(exc.retry_after or 0.0, 0.05), self.timing.retry.max_delay))
+            return self._rate_limited(exc)
         failures = record.step(step.step_id).transient_failures + 1
 
         def change(r: JobRecord) -> None:

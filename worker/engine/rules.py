@@ -75,5 +75,8 @@ class Rules:
     settlement: Mapping[str, Settlement] = field(default_factory=dict)
     lookup: Mapping[str, Lookup] = field(default_factory=dict)
     keep: Mapping[str, Keep] = field(default_factory=dict)  # by operationId: outputs recorded, once checked
+    # Reads whose answer is the same for every job (the account's balances), by operationId: identical
+    # reads within a short freshness window may share one answer (`exchange/shared.py`).
+    account_reads: frozenset[str] = frozenset()
     # Step outputs that identify what the job created, bound to its log lines once known: output -> log field.
     log_ids: Mapping[str, str] = field(default_factory=dict)

@@ -298,13 +298,18 @@ class BackpackClient:
                     raise UnsendableRequest(f"X-Window header {value!r} is not an integer from 1 to 60000") from None
         return self.window_ms
 
-    def send(self, request: HttpRequest) -> Response:
+    def send(self, request: HttpRequest, *, background: bool = False) -> Response:
         """Sign and send one request. Returns 2xx responses; raises a typed error otherwise.
 
         A filtered read of the withdrawal history returns only the items that
-        match its filters, even when the exchange ignored them.
+        match its filters, even when the exchange ignored them. A `background`
+        request (a poll) takes its rate-limit slot only when one is free now:
+        it yields to every other request while the limit binds.
         """
-        response = self._send_once(request)
+        def send_once(r: HttpRequest) -> Response:
+            return self._send_once(r, background)
+
+        response = send_once(request)
         found = filters.filtered_list(request)
         if found is None:
             return response
@@ -312,7 +317,7 @@ class BackpackClient:
         if not isinstance(response.body, list) or filters.honoured(response.body, wanted):
             return response  # not a list: the step's criteria judge it
         log.warning("exchange_ignored_filter", path=request.path, filters=sorted(wanted))
-        items = filters.search_history(self._send_once, request, spec, wanted,
+        items = filters.search_history(send_once, request, spec, wanted,
                                        page_size=self.history_page_size, max_pages=self.history_max_pages)
         return Response(response.status, items, response.headers, response.url)
 
@@ -367,12 +372,13 @@ class BackpackClient:
             self.limiter.acquire()
             self._reserved.until = time.monotonic() + 1.0
 
-    def _send_once(self, request: HttpRequest) -> Response:
+    def _send_once(self, request: HttpRequest, background: bool = False) -> Response:
         what = f"{request.method} {request.path}"
         reserved = getattr(self._reserved, "until", 0.0) >= time.monotonic()
         self._reserved.until = 0.0
         if self.limiter is not None and not reserved:
-            self.limiter.acquire()  # before signing, so the timestamp is fresh; RateLimited means nothing was sent
+            # Before signing, so the timestamp is fresh; RateLimited means nothing was sent.
+            self.limiter.acquire(background)
         prepared, settings = self._prepare(request)
         try:
             response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)

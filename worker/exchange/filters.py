@@ -8,13 +8,17 @@ would miss the one it looks for. So after a filtered read every item is checked
 against the filters; when one does not match, the history is paged
 (limit/offset, keeping the request's own `from`/`to`) and matched here, and only
 the matching items are returned: the shape a filtered answer has.
+
+Many filtered reads of one list can also be answered by one read of the list
+(`read_shared`): the reconciliation of many pending withdrawals reads the
+history once, from the oldest of them on, instead of once per withdrawal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -39,6 +43,7 @@ class FilteredList:
     limit: str = "limit"
     offset: str = "offset"
     max_limit: int = 1000  # the operation's maximum page size
+    since: str = "from"  # lists only the items created at or after this time (ms since the epoch)
 
 
 WITHDRAWALS_PATH = "/wapi/v1/capital/withdrawals"
@@ -120,3 +125,79 @@ def search_history(
         f"the exchange ignored the {'/'.join(sorted(filters))} filter of {request.path} and "
         f"{max_pages} pages of {size} did not reach the end of the history: not found, absence not proven"
     )
+
+
+Answer = TypeVar("Answer", bound=_HasBody)
+
+
+@dataclass(frozen=True)
+class SharedRead(Generic[Answer]):
+    """The answers `read_shared` found, one per request, and the last page of the list it read."""
+
+    answers: list[list[Any] | None]  # the items each request's own filters match; None: not answered
+    page: Answer | None  # the exchange's last answer (status, headers); None when nothing was read
+
+
+def read_shared(
+    send: Callable[[HttpRequest], Answer],
+    requests: Sequence[HttpRequest],
+    since_ms: int,
+    *,
+    page_size: int,
+    max_pages: int,
+) -> SharedRead[Answer]:
+    """Answer filtered reads of one list (`GET` withdrawals by `id`) with one read of the list.
+
+    The list is read from `since_ms` on (its `from` filter, limit/offset pages) until a
+    short page, and each request gets the items its own filters match: the answer the
+    exchange gives that read alone, provided whatever it looks for was created at or
+    after `since_ms` (the caller's promise). A request whose item is absent from a
+    complete read gets `[]`: not listed (yet). When `max_pages` end first, a request
+    whose unique filter (`id`) matched keeps its item and the others get None, as do
+    requests that are not a plain filtered read of a known list: send those alone.
+    Raises what `send` raises (RateLimited, TransientError): then nothing was answered.
+    """
+    shared = [_shareable(request) for request in requests]
+    template = next((r for r, spec in zip(requests, shared, strict=True) if spec is not None), None)
+    if template is None:
+        return SharedRead([None] * len(requests), None)
+    spec = FILTERED_LISTS[(template.method.upper(), template.path)]
+    size = max(1, min(page_size, spec.max_limit))
+    items: dict[str, Any] = {}
+    page: Answer | None = None
+    complete = False
+    for number in range(max_pages):
+        paged = page_request(template, spec, number * size, size)
+        page = send(replace(paged, query={**paged.query, spec.since: since_ms}))
+        body = page.body
+        if not isinstance(body, list):
+            raise TransientError(f"unexpected answer paging {template.path}: not a list")
+        for item in body:
+            # New items shift an offset-paged list: one may show up on two pages.
+            key = repr(item.get("id")) if isinstance(item, Mapping) and item.get("id") is not None else repr(item)
+            items.setdefault(key, item)
+        if len(body) < size:
+            complete = True
+            break
+    if not complete:
+        log.warning("shared_read_incomplete", path=template.path, pages=max_pages, since_ms=since_ms)
+    answers: list[list[Any] | None] = []
+    for request, request_spec in zip(requests, shared, strict=True):
+        if request_spec is None or request.path != template.path:
+            answers.append(None)
+            continue
+        wanted = rendered(request.query)
+        found = [item for item in items.values() if matches(item, wanted)]
+        answers.append(found if complete or (found and spec.unique & wanted.keys()) else None)
+    return SharedRead(answers, page)
+
+
+def _shareable(request: HttpRequest) -> FilteredList | None:
+    """The list spec when `request` is a read of a known list with filters and no other parameter."""
+    spec = FILTERED_LISTS.get((request.method.upper(), request.path))
+    if spec is None or request.body is not None:
+        return None
+    query = {name: value for name, value in request.query.items() if value is not None}
+    if not query or not set(query) <= set(spec.filters):
+        return None
+    return spec

@@ -9,6 +9,12 @@ away (`RateLimited`, re-queued by the engine with that countdown). Slots are
 handed out in order, so the wait in a worker slot stays short: about the number
 of processes sending at once divided by the rate.
 
+A background request (a poll of a pending withdrawal) may not wait at all: it takes a
+slot only when one is free now, and is told to come back otherwise. Foreground requests
+(a fresh withdrawal, its balance read, a lookup) queue for their slots up to `max_wait`,
+and a queue pushes the TAT ahead of now: so while the limit binds, every slot goes to
+foreground requests first, and polls use what they leave.
+
 When the exchange answers 429, `slow_down` pushes the TAT to now + Retry-After
 (every process pauses) and halves the rate for `slowdown` seconds.
 
@@ -68,8 +74,11 @@ return resume
 class RateLimiter(Protocol):
     """What the exchange client needs of a rate limiter."""
 
-    def acquire(self) -> None:
-        """Wait (briefly) for this request's slot, or raise `RateLimited` with how long to stay away."""
+    def acquire(self, background: bool = False) -> None:
+        """Wait (briefly) for this request's slot, or raise `RateLimited` with how long to stay away.
+
+        A background request never waits: it gets a slot that is free now, or RateLimited.
+        """
         ...
 
     def slow_down(self, retry_after: float | None) -> None:
@@ -111,10 +120,11 @@ class RedisRateLimiter:
         return cls(redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                                         health_check_interval=15, **connection), limit)
 
-    def acquire(self) -> None:
+    def acquire(self, background: bool = False) -> None:
         limit = self.limit
         tolerance = limit.interval_ms * (limit.burst - 1)
-        granted, wait_ms = self._acquire(keys=self.keys, args=[limit.interval_ms, tolerance, limit.max_wait * 1000])
+        max_wait_ms = 0 if background else limit.max_wait * 1000
+        granted, wait_ms = self._acquire(keys=self.keys, args=[limit.interval_ms, tolerance, max_wait_ms])
         if not int(granted):
             raise RateLimited(f"exchange rate limit of {limit.per_second:g}/s: next slot in {int(wait_ms)} ms",
                               retry_after=int(wait_ms) / 1000)

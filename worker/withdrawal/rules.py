@@ -3,8 +3,9 @@
 `workflow_rules` is the small table the engine applies by operationId: the
 balance rule after `get_balances`, this worker's own limits before
 `request_withdrawal` is sent, which `get_withdrawals` statuses are settled, and
-how a withdrawal whose answer was lost is found again (by clientId), and that
-a job record keeps only the checked symbol's balance.
+how a withdrawal whose answer was lost is found again (by clientId), that
+a job record keeps only the checked symbol's balance, and that the balance read
+is account-wide (jobs may share one within a short freshness window).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def workflow_rules(max_quantity: Mapping[str, Decimal] | None = None,
             fields={"symbol": "symbol", "blockchain": "blockchain", "quantity": "quantity", "address": "toAddress"},
         )},
         log_ids={"withdrawalId": "withdrawal_id"},
+        account_reads=frozenset({BALANCES_OPERATION}),
     )
 
 

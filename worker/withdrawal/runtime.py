@@ -8,9 +8,10 @@ from typing import Any
 from bpx_worker.arazzo.workflow import Workflow, seed_workflow, withdrawal_workflow
 from bpx_worker.config.settings import Settings
 from bpx_worker.engine.backoff import Backoff
-from bpx_worker.engine.engine import Exchange, SendGate, StepEngine, Timing
+from bpx_worker.engine.engine import Exchange, SendGate, SharedPolls, StepEngine, Timing
 from bpx_worker.engine.inprocess import run_inprocess
 from bpx_worker.exchange.client import BackpackClient
+from bpx_worker.exchange.shared import SharedReads
 from bpx_worker.exchange.signer import Signer
 from bpx_worker.jobs.base import JobStore
 from bpx_worker.jobs.record import JobRecord
@@ -53,15 +54,26 @@ def build_engine(settings: Settings, store: JobStore, client: Exchange, signer: 
     """The engine for the withdrawal workflow with this worker's limits and clocks.
 
     Over the Redis job store, the kill switch (`bpx-worker pause`) gates every new withdrawal request
-    unless another `gate` is given; the in-process run (a memory store, one process) has no switch.
+    unless another `gate` is given, and reads are shared; the in-process run (a memory store, one
+    process) has neither.
     """
-    if gate is None and isinstance(store, RedisJobStore):
-        gate = store.send_hold
+    workflow = with_settings(workflow or withdrawal_workflow(), settings)
+    rules = workflow_rules(settings.max_quantity, settings.allowed_destinations)
+    shared_polls = None
+    if isinstance(store, RedisJobStore):
+        # Reads that many jobs share: the balance read within a freshness window, and the polls of
+        # pending withdrawals, many per read of the history (`StepEngine.run_polls`).
+        if gate is None:
+            gate = store.send_hold
+        if settings.shared_read_seconds > 0 and signer is not None:
+            account_reads = {(s.operation.method, s.operation.path) for s in workflow.steps
+                             if s.operation.operation_id in rules.account_reads}
+            client = SharedReads(client, store.redis, account_reads, settings.shared_read_seconds, signer.api_key)
+        shared_polls = SharedPolls()
     return StepEngine(
-        store, client, with_settings(workflow or withdrawal_workflow(), settings),
-        workflow_rules(settings.max_quantity, settings.allowed_destinations), timing(settings),
+        store, client, workflow, rules, timing(settings),
         open_sealed=signer.open_sealed if signer is not None else None,
-        gate=gate,
+        gate=gate, shared_polls=shared_polls,
     )
 
 
