@@ -6,7 +6,8 @@ due ones (one script: no two wakers send the same poll) and sends them, by step,
 `polls.round` task on the polls queue. The round asks the engine to poll every job in it with
 one read of the withdrawal history (`StepEngine.run_polls`): each job is judged against its
 own criteria, and what comes next for each is what its own step task would do (poll again
-later, settled, ended and called back). So 10,000 pending withdrawals cost a few history
+later, or go on); a job that ended is handed to its step's own task, which reports the end
+(Flower's state, the callback) as the run that ended it would. So 10,000 pending withdrawals cost a few history
 reads a round, not one read per withdrawal per poll; and the reads are background requests
 that yield to fresh withdrawals when the exchange's rate limit binds.
 
@@ -31,7 +32,7 @@ from bpx_worker.config import settings as config_settings
 from bpx_worker.config.celery import POLLS_QUEUE
 from bpx_worker.errors import ServiceUnavailable
 from bpx_worker.tasks.app import app, poll_schedule, step_engine
-from bpx_worker.tasks.withdrawal import call_back_if_ended, workflow_chain
+from bpx_worker.tasks.withdrawal import STEP_TASKS, workflow_chain
 
 log = structlog.get_logger(__name__)
 
@@ -61,9 +62,12 @@ def poll_round(self: Task, step_id: str, due: list[tuple[str, float]]) -> dict[s
         if outcome.action == "continue":
             workflow_chain(job_id).apply_async()  # steps already recorded skip themselves
             counts["continued"] += 1
-        else:
-            call_back_if_ended(job_id, outcome)
-            counts[outcome.state.value if outcome.state else "stopped"] += 1
+        elif outcome.state is not None and outcome.state.terminal:
+            # The job ended in this round. Its step's own task runs once more, finds it ended and reports
+            # it as the run that ended it would: Flower shows the step ended (FAILURE with the code when the
+            # job failed or needs review), and the callback is sent from there.
+            STEP_TASKS[step_id].apply_async((job_id,), queue=POLLS_QUEUE)
+            counts[outcome.state.value] += 1
     return dict(counts)
 
 

@@ -25,7 +25,7 @@ from celery.canvas import Signature
 from bpx_worker import metrics
 from bpx_worker.arazzo.workflow import Workflow, withdrawal_workflow
 from bpx_worker.config import settings as config_settings
-from bpx_worker.engine.engine import Next, is_polled
+from bpx_worker.engine.engine import is_polled
 from bpx_worker.errors import ConfigurationError, JobEnded
 from bpx_worker.jobs.record import ErrorCode, JobState
 from bpx_worker.tasks.app import app, job_store, poll_schedule, step_engine, unconfigured_engine
@@ -61,23 +61,16 @@ def _run(task: Task, job_id: str, step_id: str) -> dict[str, Any]:
         raise task.retry(countdown=outcome.countdown)
     if outcome.action == "stop":
         task.request.chain = None  # the job has ended: the rest of the chain must not run
-        call_back_if_ended(job_id, outcome)
+        if outcome.state is not None and outcome.state.terminal:
+            # Also when a redelivered run finds the job ended: the run that ended it may have died
+            # before this line. The callback task skips a callback already delivered.
+            record = job_store().get(job_id)
+            if record is not None and record.callback_url:
+                deliver_callback.delay(job_id)
         if outcome.code is not None and outcome.state in _ENDED_BADLY:
             raise JobEnded(outcome.code, outcome.state.value, job_id)
     return {"job_id": job_id, "step": step_id, "next": outcome.action,
             "state": outcome.state.value if outcome.state else None}
-
-
-def call_back_if_ended(job_id: str, outcome: Next) -> None:
-    """Send the job's callback when the run found it ended.
-
-    Also when a redelivered run finds the job ended: the run that ended it may have died
-    before this line. The callback task skips a callback already delivered.
-    """
-    if outcome.state is not None and outcome.state.terminal:
-        record = job_store().get(job_id)
-        if record is not None and record.callback_url:
-            deliver_callback.delay(job_id)
 
 
 def _late_by(eta: Any) -> float | None:

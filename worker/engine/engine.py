@@ -285,7 +285,7 @@ class StepEngine:
         job_id, step_id = lease.job_id, step.step_id
         try:
             if record.terminal:
-                return Next("stop", state=record.state)
+                return _ended(record, step_id)
             done = record.steps.get(step_id)
             if done is not None and done.state is StepState.DONE:
                 return CONTINUE
@@ -687,6 +687,13 @@ class StepEngine:
                                           "code": str(code), "message": message})
         log.warning("job_ended", state=state.value, code=str(code), message=message)
         return Next("stop", state=state, code=str(code))
+
+
+def _ended(record: JobRecord, step_id: str) -> Next:
+    """A run that finds its job ended: stop, with the error code when the job ended at this step
+    (so a run of that step reports the end again, e.g. in Flower, as the run that ended it did)."""
+    ended_here = record.error is not None and record.error.step == step_id
+    return Next("stop", state=record.state, code=record.error.code if ended_here and record.error else None)
 
 
 def _may_have_reached(entry: StepRecord | None) -> bool:
