@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import TransientError
 from bpx_worker.exchange.signer import render, rendered
 
