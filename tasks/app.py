@@ -16,7 +16,7 @@ import structlog
 from celery import Celery, signals
 
 from bpx_worker import logs, metrics
-from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.arazzo import withdrawal_workflow
 from bpx_worker.config import settings as config_settings
 from bpx_worker.config.celery import celery_settings
 from bpx_worker.engine.engine import StepEngine

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from celery import Task
 
-from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.arazzo import withdrawal_workflow
 from bpx_worker.batches.balances import read_available
 from bpx_worker.batches.inbox import run_inbox
 from bpx_worker.batches.payout_file import plain

@@ -23,7 +23,7 @@ from celery import Task, chain
 from celery.canvas import Signature
 
 from bpx_worker import metrics
-from bpx_worker.arazzo.workflow import Workflow, withdrawal_workflow
+from bpx_worker.arazzo import Workflow, withdrawal_workflow
 from bpx_worker.config import settings as config_settings
 from bpx_worker.engine.engine import is_polled
 from bpx_worker.errors import ConfigurationError, JobEnded

@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from bpx_worker.arazzo.workflow import HttpRequest, Workflow
+from bpx_worker.arazzo import HttpRequest, Workflow
 from bpx_worker.config.celery import QUEUE
 from bpx_worker.engine.engine import Exchange
 from bpx_worker.errors import ExchangeError, RejectedError, ServiceUnavailable

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import AmbiguousError, ConfigurationError, RejectedError, TransientError, UnsendableRequest
 from bpx_worker.exchange.client import REDIRECT, BackpackClient
 from bpx_worker.exchange.signer import Signer

@@ -283,7 +283,7 @@ class _RecordingSigner:
 
 def _wrong_key_withdrawal(stack, token: str) -> tuple[RejectedError, list[str]]:
     """A withdrawal carrying the token, signed with the wrong key: the sandbox must refuse it."""
-    from bpx_worker.arazzo.workflow import HttpRequest, withdrawal_workflow
+    from bpx_worker.arazzo import HttpRequest, withdrawal_workflow
     from bpx_worker.exchange.client import BackpackClient
     from bpx_worker.exchange.signer import Signer
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.config import settings
 from bpx_worker.exchange import twofactor
 from bpx_worker.exchange.client import BackpackClient

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.config import settings
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer

@@ -11,7 +11,7 @@ import pytest
 import redis
 import requests
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import RateLimited, TransientError
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.ratelimit import Limit, RedisRateLimiter

@@ -16,9 +16,11 @@ from urllib.parse import quote
 
 import pytest
 import redis
+import requests
 
 from devtools.local import RedisStartError, Stack, local_stack, wait_until
 from tests.integration.conftest import BALANCES, WORKER_ENV
+from tests.integration.intake_stack import intake
 
 CLI = [sys.executable, "-m", "bpx_worker.interfaces.cli"]
 SOLANA_ADDRESS = "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG"
@@ -147,6 +149,12 @@ def test_beat_sends_the_sweep_over_tls(tls_stack):
     finally:
         tls_stack._stop("beat")
     assert tls_stack.redis.password not in (tls_stack.directory / "beat.log").read_text(errors="replace")
+
+
+def test_the_intake_is_ready_on_a_tls_redis(tls_stack):
+    with intake(tls_stack) as url:
+        ready = requests.get(url + "/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}, ready.text
 
 
 def test_a_tls_redis_is_refused_without_its_ca(tls_stack):

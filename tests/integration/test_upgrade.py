@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer
 from bpx_worker.interfaces.api import wait_for

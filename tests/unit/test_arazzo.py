@@ -9,10 +9,14 @@ import jsonpatch
 import pytest
 import yaml
 
-from bpx_worker.arazzo import Criterion, RetryOverride, Value, criteria, expressions
-from bpx_worker.arazzo.expressions import Context
-from bpx_worker.arazzo.workflow import (
+from bpx_worker.arazzo import (
+    Context,
+    Criterion,
+    RetryOverride,
+    Value,
     build_request,
+    criteria,
+    expressions,
     failed_conditions,
     load_workflow,
     parse_workflow,

@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bpx_worker.arazzo import Context, compile_criterion
 from bpx_worker.arazzo import criteria as criteria_module
 from bpx_worker.arazzo import expressions as expressions_module
-from bpx_worker.arazzo.criteria import (
-    all_pass,
-    check,
-    compile_condition,
-    compile_criterion,
-    evaluate_condition,
-    failing,
-)
-from bpx_worker.arazzo.expressions import Context
+from bpx_worker.arazzo.criteria import all_pass, check, compile_condition, evaluate_condition, failing
 from bpx_worker.errors import CriteriaError, ExpressionError, WorkflowError
 
 WORKFLOW = (

@@ -8,19 +8,9 @@ from decimal import Decimal
 
 import pytest
 
+from bpx_worker.arazzo import MISSING, Context, compile_expression, compile_value
 from bpx_worker.arazzo import expressions as expressions_module
-from bpx_worker.arazzo.expressions import (
-    MISSING,
-    Context,
-    compile_expression,
-    compile_value,
-    evaluate,
-    is_expression,
-    json_pointer,
-    resolve,
-    stringify,
-    validate,
-)
+from bpx_worker.arazzo.expressions import evaluate, is_expression, json_pointer, resolve, stringify, validate
 from bpx_worker.errors import ExpressionError, WorkflowError
 
 BODY = {

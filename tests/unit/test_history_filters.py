@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import TransientError
 from bpx_worker.exchange.filters import (
     FILTERED_LISTS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bpx_worker.arazzo.workflow import withdrawal_workflow
+from bpx_worker.arazzo import withdrawal_workflow
 from bpx_worker.config.settings import Settings
 from bpx_worker.withdrawal.runtime import with_settings
 

@@ -5,7 +5,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import ConfigurationError
 from bpx_worker.exchange.client import BackpackClient
 from bpx_worker.exchange.signer import Signer, check_window, render, rendered, signing_string, verify

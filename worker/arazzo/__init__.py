@@ -18,7 +18,8 @@ from bpx_worker.arazzo.expressions import (
     compile_expression,
     compile_value,
 )
-from bpx_worker.arazzo.workflow import (
+from bpx_worker.arazzo.loader import load_workflow, parse_workflow, seed_workflow, withdrawal_workflow
+from bpx_worker.arazzo.model import (
     HttpRequest,
     Operation,
     Parameter,
@@ -27,15 +28,13 @@ from bpx_worker.arazzo.workflow import (
     RetryOverride,
     Step,
     Workflow,
+)
+from bpx_worker.arazzo.workflow import (
     build_request,
     failed_conditions,
-    load_workflow,
-    parse_workflow,
     retry_action,
-    seed_workflow,
     step_outputs,
     succeeded,
-    withdrawal_workflow,
     workflow_outputs,
 )
 

@@ -12,42 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from bpx_worker.arazzo.expressions import MISSING, Context
-from bpx_worker.arazzo.loader import (
-    load_workflow,
-    parse_workflow,
-    seed_workflow,
-    withdrawal_workflow,
-)
-from bpx_worker.arazzo.model import (
-    HttpRequest,
-    Operation,
-    Parameter,
-    RequestBody,
-    RetryAction,
-    RetryOverride,
-    Step,
-    Workflow,
-)
+from bpx_worker.arazzo.model import HttpRequest, RetryAction, Step, Workflow
 from bpx_worker.errors import ExpressionError
 
 __all__ = [
-    "HttpRequest",
-    "Operation",
-    "Parameter",
-    "RequestBody",
-    "RetryAction",
-    "RetryOverride",
-    "Step",
-    "Workflow",
     "build_request",
     "failed_conditions",
-    "load_workflow",
-    "parse_workflow",
     "retry_action",
-    "seed_workflow",
     "step_outputs",
     "succeeded",
-    "withdrawal_workflow",
     "workflow_outputs",
 ]
 

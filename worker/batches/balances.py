@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-from bpx_worker.arazzo.expressions import Context
-from bpx_worker.arazzo.workflow import Workflow, build_request
+from bpx_worker.arazzo import Context, Workflow, build_request
 from bpx_worker.engine.engine import Exchange
 from bpx_worker.errors import DocumentError
 from bpx_worker.withdrawal.rules import BALANCES_OPERATION, available

@@ -34,10 +34,9 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any, cast
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from bpx_worker.batches.record import BatchRecord, BatchRow, RowEnd, RowKey
+from bpx_worker.redis_client import PATIENT_RETRIES, redis_client
 
 PREFIX = "bpxw:"
 BATCHES_INDEX = f"{PREFIX}batches"
@@ -171,13 +170,8 @@ class BatchStore:
 
     @classmethod
     def from_url(cls, url: str, retention: int, socket_timeout: float = 10.0, **connection: Any) -> BatchStore:
-        """A store on `url`; `connection` holds extra redis-py options (TLS)."""
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            health_check_interval=15, retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError], **connection,
-        )
-        return cls(client, retention)
+        """A store on `url` that rides out a short Redis restart; `connection` holds the TLS options."""
+        return cls(redis_client(url, socket_timeout=socket_timeout, retries=PATIENT_RETRIES, **connection), retention)
 
     # --- the batch ------------------------------------------------------------------------------
 

@@ -49,8 +49,8 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from bpx_worker.arazzo.expressions import Context
-from bpx_worker.arazzo.workflow import (
+from bpx_worker.arazzo import (
+    Context,
     HttpRequest,
     Operation,
     Step,

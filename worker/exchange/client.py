@@ -62,7 +62,7 @@ from requests import exceptions as rex
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import (
     AmbiguousError,
     ConfigurationError,

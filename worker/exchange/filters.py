@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.errors import TransientError
 from bpx_worker.exchange.signer import render, rendered
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import redis
 
 from bpx_worker.errors import RateLimited
+from bpx_worker.redis_client import redis_client
 
 PREFIX = "bpxw:rate:"
 
@@ -116,9 +117,9 @@ class RedisRateLimiter:
 
     @classmethod
     def from_url(cls, url: str, limit: Limit, socket_timeout: float = 10.0, **connection: Any) -> RedisRateLimiter:
-        """A limiter on `url`; `connection` holds extra redis-py options (TLS)."""
-        return cls(redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                        health_check_interval=15, **connection), limit)
+        """A limiter on `url`, failing at the first connection error; `connection` holds the TLS options."""
+        return cls(redis_client(url, socket_timeout=socket_timeout, retries=0, decode_responses=False, **connection),
+                   limit)
 
     def acquire(self, background: bool = False) -> None:
         limit = self.limit

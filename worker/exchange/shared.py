@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import redis
 import structlog
 
-from bpx_worker.arazzo.workflow import HttpRequest
+from bpx_worker.arazzo import HttpRequest
 from bpx_worker.exchange.client import Response
 from bpx_worker.exchange.signer import rendered
 

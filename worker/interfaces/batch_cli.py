@@ -3,11 +3,8 @@
 The submitting machine needs no API secret: the balance for a dry run or the
 balance check is read by a worker and comes back through Redis.
 
-Exit codes (the same table as `bpx-worker`'s, plus 6):
-0 every row succeeded; 1 some row failed or was refused or skipped; 2 bad file
-(nothing submitted); 3 some row needs review; 4 no such batch; 5 row keys used
-for another payout (nothing submitted); 6 over the balance (nothing submitted);
-69 no worker answered the balance read (nothing submitted); 78 bad configuration.
+Exit codes: the one table of every command (`EXIT_CODES`, common.py), where
+each code also says what it means for a batch.
 """
 
 from __future__ import annotations
@@ -27,16 +24,17 @@ from rich.table import Table
 from bpx_worker import logs
 from bpx_worker.config import settings as config_settings
 from bpx_worker.errors import BalanceUnavailable, ConfigurationError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NEEDS_REVIEW = 3
-EXIT_NOT_FOUND = 4
-EXIT_CONFLICT = 5
-EXIT_OVER_BALANCE = 6
-EXIT_UNAVAILABLE = 69
-EXIT_CONFIG = 78
+from bpx_worker.interfaces.common import (
+    EXIT_CONFIG,
+    EXIT_CONFLICT,
+    EXIT_FAILED,
+    EXIT_NEEDS_REVIEW,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 
 console = Console(highlight=False)
 STYLE = {"succeeded": "green", "failed": "red", "needs_review": "yellow", "refused": "red", "invalid": "red",
@@ -134,7 +132,7 @@ def submit(file: Path, namespace: str | None, file_format: str | None, dry_run: 
                        {k: v.reserved for k, v in submitted.shortfalls.items()})
         console.print(f"[red]refused: the batch needs more than is available; nothing was sent[/red] "
                       f"(batch {submitted.batch_id}, --allow-partial to send anyway)")
-        sys.exit(EXIT_OVER_BALANCE)
+        sys.exit(EXIT_REFUSED)
     batch_id = submitted.batch_id or ""
     console.print(f"batch [bold]{batch_id}[/bold] {submitted.outcome.value}")
     if not wait:
@@ -326,4 +324,4 @@ def _dry_run(plan: Any) -> int:
     console.print(f"dry run: {len(plan.new)} rows would be paid, {len(plan.already)} were paid before"
                   + ("" if fits else "; [red]the batch would be refused: over the available balance[/red]")
                   + "; nothing was submitted")
-    return EXIT_OK if fits else EXIT_OVER_BALANCE
+    return EXIT_OK if fits else EXIT_REFUSED

@@ -247,7 +247,7 @@ def _flower_login(configured: str | None, generate: bool, none: bool) -> str | N
 @main.command(name="workflow")
 def show_workflow() -> None:
     """Show the workflow as the worker runs it: each step, its policy, and any setting overriding the document."""
-    from bpx_worker.arazzo.workflow import withdrawal_workflow
+    from bpx_worker.arazzo import withdrawal_workflow
     from bpx_worker.engine.engine import is_at_most_once
     from bpx_worker.withdrawal.rules import workflow_rules
     from bpx_worker.withdrawal.runtime import with_settings

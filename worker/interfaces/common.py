@@ -34,18 +34,20 @@ EXIT_TIMEOUT = 75  # sysexits EX_TEMPFAIL: try again
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
 
 EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "done; `watch` and `submit --wait`: the job succeeded",
-    EXIT_FAILED: "the job failed (nothing was sent, or the exchange refused it)",
-    EXIT_USAGE: "bad input or arguments, each field named; nothing was written",
-    EXIT_NEEDS_REVIEW: "the job needs a human (the withdrawal may exist)",
-    EXIT_NOT_FOUND: "no such job",
-    EXIT_CONFLICT: "the idempotency key names a job with a different request (the fields named); nothing written",
+    EXIT_OK: "done; `watch` and `submit --wait`: the job succeeded; a batch: every row succeeded",
+    EXIT_FAILED: "the job failed (nothing was sent, or the exchange refused it); a batch: some row failed, was "
+                 "refused or skipped",
+    EXIT_USAGE: "bad input or arguments (a payout file with bad rows too), each field named; nothing was written",
+    EXIT_NEEDS_REVIEW: "the job needs a human (the withdrawal may exist); a batch: some row does",
+    EXIT_NOT_FOUND: "no such job (or batch)",
+    EXIT_CONFLICT: "the idempotency key names a job with a different request (the fields named), or a payout "
+                   "file's row keys name other payouts; nothing written",
     EXIT_REFUSED: "refused, the reason printed, nothing done: cancel of a job past its withdrawal request or "
                   "already ended, resolve of a job not needing review or against what the exchange shows, keys "
                   "over an existing pair, a batch over the balance",
     EXIT_FINDINGS: "`audit` found something a human must look at",
     EXIT_UNAVAILABLE: "service unavailable: Redis unreachable, timed out or refused the credentials; "
-                      "the exchange's history could not be read",
+                      "the exchange's history could not be read; no worker answered a batch's balance read",
     EXIT_SOFTWARE: "unexpected error (a bug): traceback on stderr",
     EXIT_TIMEOUT: "`watch --timeout` ran out, or a running step kept the job busy: try again",
     EXIT_CONFIG: "missing, malformed or contradictory configuration, the variable named (REDIS_URL unset too)",

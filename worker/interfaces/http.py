@@ -33,8 +33,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -45,6 +43,7 @@ from bpx_worker.errors import ConfigurationError, IdempotencyConflict, InvalidRe
 from bpx_worker.interfaces.api import submit_request
 from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.jobs.store import RedisJobStore
+from bpx_worker.redis_client import redis_client
 from bpx_worker.tasks.app import job_store
 from bpx_worker.withdrawal.request import (
     ADDRESS_MAX,
@@ -204,8 +203,8 @@ def create_app(settings: Settings, store: Callable[[], RedisJobStore] = job_stor
     callback_names = frozenset(settings.callback_secret_values())
     limits = SafetyLimits(max_quantity=settings.max_quantity, allowed_destinations=settings.allowed_destinations)
     # Readiness must answer quickly: no retries, short timeouts (the job store rides out restarts instead).
-    probe = redis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
-                                 retry=Retry(backoff=NoBackoff(), retries=0))
+    probe = redis_client(settings.redis_url, socket_timeout=1.0, retries=0, health_check_interval=0,
+                         decode_responses=False, **settings.redis_ssl_options())
     registry = metrics.intake_registry(store)
     counters = metrics.metrics()
 

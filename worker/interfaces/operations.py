@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bpx_worker.arazzo.workflow import Workflow
+from bpx_worker.arazzo import Workflow
 from bpx_worker.engine.engine import Exchange, is_at_most_once
 from bpx_worker.jobs.base import Lease
 from bpx_worker.jobs.record import ErrorCode, JobFailure, JobRecord, JobState, Resolution, StepState

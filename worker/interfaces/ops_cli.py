@@ -56,7 +56,7 @@ def _exchange() -> Any:
 
 
 def _workflow() -> Any:
-    from bpx_worker.arazzo.workflow import withdrawal_workflow
+    from bpx_worker.arazzo import withdrawal_workflow
 
     return withdrawal_workflow()
 

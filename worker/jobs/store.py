@@ -56,8 +56,6 @@ from typing import Any, TypeVar, cast
 
 import redis
 import structlog
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from bpx_worker.errors import (
     IdempotencyConflict,
@@ -70,6 +68,7 @@ from bpx_worker.errors import (
 from bpx_worker.jobs.base import Change, Lease, Taken
 from bpx_worker.jobs.record import JobRecord, JobState
 from bpx_worker.logs import hide_credentials
+from bpx_worker.redis_client import PATIENT_RETRIES, redis_client
 
 log = structlog.get_logger(__name__)
 
@@ -291,19 +290,13 @@ class RedisJobStore:
     @classmethod
     def from_url(
         cls, url: str, retention: int, socket_timeout: float = 10.0, *, connect_timeout: float | None = None,
-        retries: int = 15, **connection: Any,
+        retries: int = PATIENT_RETRIES, **connection: Any,
     ) -> RedisJobStore:
         """A store on `url`. Workers keep the default `retries` to ride out a short Redis restart
         instead of failing the step; interactive commands pass few retries and a short
-        `connect_timeout` to fail in seconds. `connection` holds extra redis-py options (TLS)."""
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout or socket_timeout, health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=retries),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            **connection,
-        )
-        return cls(client, retention)
+        `connect_timeout` to fail in seconds. `connection` holds the TLS options (`redis_client`)."""
+        return cls(redis_client(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                                retries=retries, **connection), retention)
 
     # --- creation ---------------------------------------------------------------------------
 

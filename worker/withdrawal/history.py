@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from bpx_worker.arazzo.workflow import HttpRequest, Operation, Workflow
+from bpx_worker.arazzo import HttpRequest, Operation, Workflow
 from bpx_worker.engine.engine import Exchange
 from bpx_worker.errors import DocumentError, ExchangeError
 from bpx_worker.withdrawal.rules import HISTORY_OPERATION

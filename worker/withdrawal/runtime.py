@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bpx_worker.arazzo.workflow import Workflow, seed_workflow, withdrawal_workflow
+from bpx_worker.arazzo import Workflow, seed_workflow, withdrawal_workflow
 from bpx_worker.config.settings import Settings
 from bpx_worker.engine.backoff import Backoff
 from bpx_worker.engine.engine import Exchange, SendGate, SharedPolls, StepEngine, Timing
