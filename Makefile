@@ -9,7 +9,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # devtools/package.py), so mypy and import-linter read what ships.
 LINT_TREE := .lint-build
 
-.PHONY: run test unit chaos-large bench bench-quick bench-charts sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
+.PHONY: run test unit chaos-large bench bench-quick bench-payout bench-pending bench-charts sandbox worker flower clean lint lint-ruff lint-types lint-imports lint-cycles lint-tree
 
 # The first install takes a minute or two: pip shows each package as it comes (no --quiet).
 $(STAMP): pyproject.toml
@@ -82,6 +82,14 @@ bench: $(BENCH_STAMP)
 ## bench-quick: the same with 200 jobs, in under a minute
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.bench --quick $(BENCH_ARGS)
+
+## bench-payout: a 500-row payout run at the exchange's rate limit: requests per withdrawal, time against the limit
+bench-payout: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.payout $(BENCH_ARGS)
+
+## bench-pending: 1,000 / 3,000 / 10,000 withdrawals pending at the exchange (a long run, by hand)
+bench-pending: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.pending --pending 1000,3000,10000 $(BENCH_ARGS)
 
 ## bench-charts: the PNG charts of docs/benchmarks.md from the documented results
 bench-charts: $(BENCH_STAMP)

@@ -42,7 +42,9 @@ SANDBOX_ARGS = ["--balances", "USDC=1000000000", "--history-lag", "0", "--confir
 # The shared rate limit toward the exchange is Backpack's own by default (about 2,000 requests a minute per
 # subaccount, notes/backpack-api.md section 3): the polls of thousands of pending withdrawals must fit in it,
 # and fresh withdrawals go first when it binds. `--rate 100000` measures the worker without the limit.
-WORKER_ENV = {"LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
+# Topping 10,000 up at that limit takes five minutes: the pending ones keep polling for the whole run
+# (RECONCILE_DEADLINE, 900 s by default, would end the first ones `needs_review` before the last level).
+WORKER_ENV = {"LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "RECONCILE_DEADLINE": "7200"}
 REQUEST = "requestWithdrawal"
 
 

@@ -47,18 +47,18 @@ def poll_round(self: Task, step_id: str, due: list[tuple[str, float]]) -> dict[s
     started = time.monotonic()
     outcomes = step_engine().run_polls([job_id for job_id, _ in due], step_id)
     seconds = (time.monotonic() - started) / max(len(due), 1)
-    schedule = poll_schedule()
     counts: dict[str, int] = defaultdict(int)
     now = time.time()
+    # Not settled yet, or the rate limit held the read back: the next poll, in the schedule (one write).
+    waiting = {job_id: now + o.countdown for job_id, o in outcomes.items() if o.action == "retry"}
+    poll_schedule().schedule_many(step_id, waiting)
+    poll_schedule().cancel_many(step_id, [job_id for job_id in outcomes if job_id not in waiting])
+    counts["waiting"] = len(waiting)
     for job_id, due_at in due:
         outcome = outcomes[job_id]
         metrics.observe_run(step_id, outcome.action, seconds, late_by=now - due_at)
         if outcome.action == "retry":
-            # Not settled yet, or the rate limit held the read back: the next poll, in the schedule.
-            schedule.schedule(job_id, step_id, now + outcome.countdown)
-            counts["waiting"] += 1
             continue
-        schedule.cancel(job_id, step_id)
         if outcome.action == "continue":
             workflow_chain(job_id).apply_async()  # steps already recorded skip themselves
             counts["continued"] += 1

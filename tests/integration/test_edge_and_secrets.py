@@ -22,9 +22,11 @@ import nacl.signing
 import pytest
 from celery import signals
 
+from bpx_worker.config.celery import POLLS_QUEUE
 from bpx_worker.errors import InvalidRequest, RejectedError
 from bpx_worker.exchange.ratelimit import PREFIX as RATE_PREFIX
 from bpx_worker.interfaces.api import get_job, submit_withdrawal, wait_for
+from bpx_worker.jobs.schedule import POLLS_KEY
 from bpx_worker.jobs.store import JOBS_INDEX, sealed_2fa_key
 from bpx_worker.logs import REDACTED, redact
 from bpx_worker.withdrawal.request import parse_request
@@ -69,11 +71,13 @@ def _idle(store, timeout: float = 20.0) -> tuple[frozenset[str], int]:
     """Wait until the worker has nothing queued or in hand and the product's keys are still; return them.
 
     With late acks a running or waiting (ETA) task stays in kombu's `unacked`
-    hash, so an empty queue and an empty `unacked` mean the worker is idle.
+    hash, so empty queues, an empty `unacked` and no poll waiting in the poll
+    schedule (a pending withdrawal of an earlier test) mean the worker is idle.
     """
     deadline = time.monotonic() + timeout
     while True:
-        busy = store.redis.llen("withdrawals") or store.redis.hlen("unacked")
+        busy = (store.redis.llen("withdrawals") or store.redis.llen(POLLS_QUEUE) or store.redis.hlen("unacked")
+                or store.redis.zcard(POLLS_KEY))
         first = _written(store)
         time.sleep(0.05)
         second = _written(store)

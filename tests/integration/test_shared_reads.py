@@ -182,14 +182,15 @@ def test_a_balance_change_is_seen_once_the_window_has_passed(stack, store, sandb
         return store.create(key, cid, {"symbol": "SOL", "blockchain": "Solana", "address": f"A{key[:9]}",
                                        "quantity": "1", "clientId": cid})[0]
 
-    sandbox.balances(SOL="5")
+    held = {symbol: balance["available"] for symbol, balance in sandbox.ledger()["balances"].items()}
+    sandbox.balances(**{**held, "SOL": "5"})  # (the sandbox replaces the whole balance sheet)
     try:
         assert engine.run(job(), BALANCES).action == "continue"  # its answer is kept for the window
-        sandbox.balances(SOL="0")
+        sandbox.balances(**{**held, "SOL": "0"})
         wait_until(lambda: not list(store.redis.scan_iter(f"{SHARED_READ_PREFIX}*")), 10, "the window to pass")
         late = job()
         assert engine.run(late, BALANCES).action == "stop"
         assert store.require(late).error.code == ErrorCode.INSUFFICIENT_FUNDS
     finally:
         client.close()
-        sandbox.balances(SOL="50")
+        sandbox.balances(**held)

@@ -46,10 +46,19 @@ class PollSchedule:
 
     def schedule(self, job_id: str, step_id: str, due: float) -> None:
         """Poll `step_id` of the job again at `due` (Unix time); replaces any earlier due time."""
-        self.redis.zadd(POLLS_KEY, {_member(job_id, step_id): due})
+        self.schedule_many(step_id, {job_id: due})
+
+    def schedule_many(self, step_id: str, due: dict[str, float]) -> None:
+        """`schedule` for many jobs (job id -> due time) in one write."""
+        if due:
+            self.redis.zadd(POLLS_KEY, {_member(job_id, step_id): at for job_id, at in due.items()})
 
     def cancel(self, job_id: str, step_id: str) -> None:
-        self.redis.zrem(POLLS_KEY, _member(job_id, step_id))
+        self.cancel_many(step_id, [job_id])
+
+    def cancel_many(self, step_id: str, job_ids: list[str]) -> None:
+        if job_ids:
+            self.redis.zrem(POLLS_KEY, *(_member(job_id, step_id) for job_id in job_ids))
 
     def claim(self, now: float, limit: int, hold: float) -> list[tuple[str, str, float]]:
         """Up to `limit` polls due at `now`, as (job id, step id, due time); each comes due again after `hold` s."""
