@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             console.print(run.stdout[-3000:], run.stderr[-3000:])
             return run.returncode
+        results = payouts.with_name(payouts.name + ".results.csv")
         after = counters(stack.sandbox_url)
         routes = {route: after.get(route, 0) - before.get(route, 0) for route in after}
         routes = {route: count for route, count in routes.items() if count}
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             "by_route": routes, "least_seconds_for_these_requests": round(total / args.rate, 2),
             "least_seconds_at_one_request_a_row": round(args.rows / args.rate, 2),
             "busiest_second": busiest_second(stack.sandbox_url, started * 1000),
-            "result_line": next((line for line in run.stdout.splitlines() if "succeeded" in line), ""),
+            "result_line": next((line for line in reversed(run.stdout.splitlines()) if "succeeded" in line), ""),
+            "states": dict(Counter(row["state"] for row in csv.DictReader(results.open(newline="")))),
         }
     table = Table(title=f"payout run: {args.rows} rows at {args.rate:g} requests/s")
     for column in ("requests/withdrawal", "by route", "seconds", "least (these requests)", "least (1/row)",
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{report['seconds']:.1f}", f"{report['least_seconds_for_these_requests']:.1f}",
                   f"{report['least_seconds_at_one_request_a_row']:.1f}", str(report["busiest_second"]))
     console.print(table)
-    console.print(report["result_line"])
+    console.print(report["result_line"], report["states"])
     out = args.out or RESULTS / f"{label}-payout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -692,8 +692,8 @@ class StepEngine:
 def _ended(record: JobRecord, step_id: str) -> Next:
     """A run that finds its job ended: stop, with the error code when the job ended at this step
     (so a run of that step reports the end again, e.g. in Flower, as the run that ended it did)."""
-    ended_here = record.error is not None and record.error.step == step_id
-    return Next("stop", state=record.state, code=record.error.code if ended_here and record.error else None)
+    error = record.error
+    return Next("stop", state=record.state, code=error.code if error is not None and error.step == step_id else None)
 
 
 def _may_have_reached(entry: StepRecord | None) -> bool:

@@ -163,7 +163,12 @@ def read_shared(
         return SharedRead([None] * len(requests), None)
     spec = FILTERED_LISTS[(template.method.upper(), template.path)]
     size = max(1, min(page_size, spec.max_limit))
-    items: dict[str, Any] = {}
+    # Each request looks its items up by its first filter's value (as rendered); only items some request
+    # looks for are kept. A round of hundreds of jobs against thousands of items stays linear, and small.
+    wanted = [rendered(r.query) if s is not None and r.path == template.path else None
+              for r, s in zip(requests, shared, strict=True)]
+    keys = {next(iter(w.items())) for w in wanted if w}
+    index: dict[tuple[str, str], dict[str, Any]] = {key: {} for key in keys}
     page: Answer | None = None
     complete = False
     for number in range(max_pages):
@@ -173,22 +178,26 @@ def read_shared(
         if not isinstance(body, list):
             raise TransientError(f"unexpected answer paging {template.path}: not a list")
         for item in body:
-            # New items shift an offset-paged list: one may show up on two pages.
-            key = repr(item.get("id")) if isinstance(item, Mapping) and item.get("id") is not None else repr(item)
-            items.setdefault(key, item)
+            if not isinstance(item, Mapping):
+                continue
+            for name in spec.filters:
+                found = index.get((name, render(item[name]))) if item.get(name) is not None else None
+                if found is not None:
+                    # New items shift an offset-paged list: one may show up on two pages.
+                    found.setdefault(repr(item.get("id")) if item.get("id") is not None else repr(item), item)
         if len(body) < size:
             complete = True
             break
     if not complete:
         log.warning("shared_read_incomplete", path=template.path, pages=max_pages, since_ms=since_ms)
     answers: list[list[Any] | None] = []
-    for request, request_spec in zip(requests, shared, strict=True):
-        if request_spec is None or request.path != template.path:
+    for filters_of_request in wanted:
+        if not filters_of_request:
             answers.append(None)
             continue
-        wanted = rendered(request.query)
-        found = [item for item in items.values() if matches(item, wanted)]
-        answers.append(found if complete or (found and spec.unique & wanted.keys()) else None)
+        candidates = index[next(iter(filters_of_request.items()))].values()
+        matched = [item for item in candidates if matches(item, filters_of_request)]
+        answers.append(matched if complete or (matched and spec.unique & filters_of_request.keys()) else None)
     return SharedRead(answers, page)
 
 
