@@ -36,14 +36,30 @@ from bpx_worker.tasks.withdrawal import STEP_TASKS, workflow_chain
 
 log = structlog.get_logger(__name__)
 
-BATCH = 500  # polls claimed per look; a full batch is followed by another look at once
+BATCH = 500  # polls claimed per look (a look every POLL_WAKE_INTERVAL): at most 500 polls a second a worker
 ROUND_TASK = "polls.round"
+# Rounds one worker process runs at once. A round is a burst of CPU (hundreds of records read, judged and
+# written); more at once would take every slot and the interpreter's time from fresh withdrawals. A round
+# that finds the process busy gives its polls back to the schedule, due as they were: the next look sends
+# them again. With more pending withdrawals than one process can poll, polls run late, fresh work does not.
+ROUNDS_AT_ONCE = 1
+_round_slots = threading.BoundedSemaphore(ROUNDS_AT_ONCE)
 
 
 @app.task(name=ROUND_TASK, bind=True, max_retries=None, autoretry_for=(ServiceUnavailable,),
           retry_backoff=True, retry_backoff_max=60)
 def poll_round(self: Task, step_id: str, due: list[tuple[str, float]]) -> dict[str, int]:
     """Poll `step_id` of the jobs in `due` ([job id, due time], ...) with one shared read."""
+    if not _round_slots.acquire(blocking=False):
+        poll_schedule().schedule_many(step_id, dict(due))
+        return {"deferred": len(due)}
+    try:
+        return _poll(step_id, due)
+    finally:
+        _round_slots.release()
+
+
+def _poll(step_id: str, due: list[tuple[str, float]]) -> dict[str, int]:
     started = time.monotonic()
     outcomes = step_engine().run_polls([job_id for job_id, _ in due], step_id)
     seconds = (time.monotonic() - started) / max(len(due), 1)
@@ -92,12 +108,10 @@ class PollWaker(threading.Thread):
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                sent = self.wake_once()
+                self.wake_once()
             except Exception as exc:  # noqa: BLE001 - Redis down or restarting: the next tick tries again
                 log.warning("poll_waker_failed", error=f"{type(exc).__name__}: {exc}")
-                sent = 0
-            if sent < BATCH:
-                self.stopping.wait(self.interval)
+            self.stopping.wait(self.interval)
 
     def stop(self) -> None:
         self.stopping.set()
