@@ -41,7 +41,10 @@ def latency_chart(run: dict[str, Any], out: Path) -> Path:
                  f"{o['concurrency']}, round trip +{o['latency_ms']} ms")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    path = out / "latency.png"
+    return _save(fig, out / "latency.png")
+
+
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -65,11 +68,7 @@ def concurrency_chart(points: list[dict[str, Any]], out: Path) -> Path:
     ax.set_title("Throughput against concurrency, one worker on 2 cores")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = out / "throughput-concurrency.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "throughput-concurrency.png")
 
 
 def roundtrip_chart(points: list[dict[str, Any]], out: Path) -> Path:
@@ -84,11 +83,7 @@ def roundtrip_chart(points: list[dict[str, Any]], out: Path) -> Path:
     ax.set_title("Throughput against the exchange's round trip")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = out / "throughput-roundtrip.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "throughput-roundtrip.png")
 
 
 def markdown_table(run: dict[str, Any]) -> str:

@@ -49,17 +49,6 @@ def counters(url: str) -> dict[str, int]:
     return dict(requests.get(url + "/_sandbox/ledger", timeout=10).json()["requests"])
 
 
-def busiest_second(url: str, since_ms: float) -> int:
-    log = requests.get(url + "/_sandbox/requests", timeout=10).json()["requests"]
-    times = sorted(at for at, _ in log if at >= since_ms)
-    worst, first = 0, 0
-    for last, at in enumerate(times):
-        while times[first] <= at - 1000:
-            first += 1
-        worst = max(worst, last - first + 1)
-    return worst
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=500)
@@ -95,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(seconds, 2), "requests": total, "requests_per_withdrawal": round(total / args.rows, 3),
             "by_route": routes, "least_seconds_for_these_requests": round(total / args.rate, 2),
             "least_seconds_at_one_request_a_row": round(args.rows / args.rate, 2),
-            "busiest_second": busiest_second(stack.sandbox_url, started * 1000),
+            "busiest_second": stack.busiest_second(started * 1000),
             "result_line": next((line for line in reversed(run.stdout.splitlines()) if "succeeded" in line), ""),
             "states": dict(Counter(row["state"] for row in csv.DictReader(results.open(newline="")))),
         }

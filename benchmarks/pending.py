@@ -32,7 +32,6 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench import RESULTS, RssSampler, machine, percentile
-from benchmarks.payout import busiest_second
 from devtools.local import local_stack, wait_until
 
 INPUTS = {"symbol": "USDC", "blockchain": "Solana", "address": "7YttLkHDoNj9wyDur5pM1ejNaAvT9X4eqaYcHQqtj2G5",
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "worker_rss_mb": round(sampler.peak / 2**20, 1),
                 "redis_used_memory_mb": round(memory["used_memory"] / 2**20, 1),
                 "exchange_requests_per_s": round(rate, 1), "history_reads_per_s": round(polls_rate, 1),
-                "busiest_second": busiest_second(stack.sandbox_url, began * 1000), "rate_limit": args.rate,
+                "busiest_second": stack.busiest_second(began * 1000), "rate_limit": args.rate,
                 "polls_waiting": schedule.waiting(),
                 "fresh_p50_ms": round(percentile(latencies, 50), 1),
                 "fresh_p99_ms": round(percentile(latencies, 99), 1),

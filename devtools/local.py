@@ -208,6 +208,17 @@ class Stack:
     # it survives a restart (the chaos suite); a benchmark of thousands of jobs runs without one.
     sandbox_state: bool = True
 
+    def busiest_second(self, since_ms: float) -> int:
+        """The most exchange requests the sandbox received in any one-second window since `since_ms`."""
+        log = requests.get(self.sandbox_url + "/_sandbox/requests", timeout=10).json()["requests"]
+        times = sorted(at for at, _ in log if at >= since_ms)
+        worst, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - 1000:
+                first += 1
+            worst = max(worst, last - first + 1)
+        return worst
+
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a worker or CLI process talking to this stack."""
         env = dict(os.environ)

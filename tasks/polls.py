@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any
 
 import structlog
-from celery import Task, signals
+from celery import signals
 
 from bpx_worker import metrics
 from bpx_worker.config import settings as config_settings
@@ -46,9 +46,9 @@ ROUNDS_AT_ONCE = 1
 _round_slots = threading.BoundedSemaphore(ROUNDS_AT_ONCE)
 
 
-@app.task(name=ROUND_TASK, bind=True, max_retries=None, autoretry_for=(ServiceUnavailable,),
-          retry_backoff=True, retry_backoff_max=60)
-def poll_round(self: Task, step_id: str, due: list[tuple[str, float]]) -> dict[str, int]:
+@app.task(name=ROUND_TASK, max_retries=None, autoretry_for=(ServiceUnavailable,), retry_backoff=True,
+          retry_backoff_max=60)
+def poll_round(step_id: str, due: list[tuple[str, float]]) -> dict[str, int]:
     """Poll `step_id` of the jobs in `due` ([job id, due time], ...) with one shared read."""
     if not _round_slots.acquire(blocking=False):
         poll_schedule().schedule_many(step_id, dict(due))

@@ -18,9 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import requests
 
-from devtools.local import Stack, local_stack, wait_until
+from devtools.local import local_stack, wait_until
 from tests.integration.conftest import WORKER_ENV, Sandbox
 
 pytestmark = pytest.mark.timeout(400)
@@ -96,18 +95,6 @@ def paid_client_ids(sandbox: Sandbox) -> Counter[str]:
     return Counter(w["clientId"] for w in sandbox.withdrawals())
 
 
-def busiest_second(stack: Stack, since_ms: float) -> int:
-    """The most exchange requests the sandbox received in any one-second window since `since_ms`."""
-    log = requests.get(stack.sandbox_url + "/_sandbox/requests", timeout=10).json()["requests"]
-    times = sorted(at for at, _ in log if at >= since_ms)
-    worst, first = 0, 0
-    for last, at in enumerate(times):
-        while times[first] <= at - 1000:
-            first += 1
-        worst = max(worst, last - first + 1)
-    return worst
-
-
 def batch_store():
     from bpx_worker.tasks.batches import batch_store as store
 
@@ -176,7 +163,7 @@ def test_a_500_row_batch_runs_to_the_end_within_the_shared_rate_limit(batch_stac
     # The limiter bound (processes waited for their slots) and no second saw more than the limit. A window can
     # catch one request more at its edge, and a process that woke late one more.
     assert _limiter_waits() > waits_before
-    assert busiest_second(stack, started_ms) <= RATE + 2
+    assert stack.busiest_second(started_ms) <= RATE + 2
 
 
 def test_the_same_file_again_pays_nothing_new(batch_stack, ledger, tmp_path):

@@ -44,7 +44,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -63,7 +62,7 @@ from bpx_worker.arazzo import (
     workflow_outputs,
 )
 from bpx_worker.engine.backoff import Backoff
-from bpx_worker.engine.rules import Refusal, Rules, Verdict
+from bpx_worker.engine.rules import Refusal, Rules, Verdict, same_value
 from bpx_worker.errors import (
     AmbiguousError,
     ConfigurationError,
@@ -719,13 +718,4 @@ def _attempt_state(step_id: str, number: int, state: AttemptState, error: str | 
 
 def _differences(sent: Mapping[str, Any], found: Mapping[str, Any], fields: Mapping[str, str]) -> set[str]:
     """The request fields whose value in the found item differs (numbers compared as decimals)."""
-    return {name for name, theirs in fields.items() if name in sent and not _same(sent[name], found.get(theirs))}
-
-
-def _same(ours: Any, theirs: Any) -> bool:
-    if ours == theirs:
-        return True
-    try:
-        return Decimal(str(ours)) == Decimal(str(theirs))
-    except (InvalidOperation, ValueError):
-        return False
+    return {name for name, theirs in fields.items() if name in sent and not same_value(sent[name], found.get(theirs))}

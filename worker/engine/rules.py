@@ -12,10 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
 from bpx_worker.jobs.record import ErrorCode
+
+
+def same_value(ours: Any, theirs: Any) -> bool:
+    """Equal, or the same number written differently ("1.5" and "1.50"): how a found item is matched."""
+    if ours == theirs:
+        return True
+    try:
+        return Decimal(str(ours)) == Decimal(str(theirs))
+    except (InvalidOperation, ValueError):
+        return False
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from bpx_worker.arazzo import HttpRequest, Operation, Workflow
 from bpx_worker.engine.engine import Exchange
+from bpx_worker.engine.rules import same_value
 from bpx_worker.errors import DocumentError, ExchangeError
 from bpx_worker.withdrawal.rules import HISTORY_OPERATION
 
@@ -88,13 +88,4 @@ def differences(inputs: Mapping[str, Any], withdrawal: Mapping[str, Any]) -> dic
 
     Quantities are compared as decimals."""
     return {name: (inputs.get(name), withdrawal.get(theirs)) for name, theirs in COMPARED.items()
-            if not _same(inputs.get(name), withdrawal.get(theirs))}
-
-
-def _same(ours: Any, theirs: Any) -> bool:
-    if ours == theirs:
-        return True
-    try:
-        return Decimal(str(ours)) == Decimal(str(theirs))
-    except (InvalidOperation, ValueError):
-        return False
+            if not same_value(inputs.get(name), withdrawal.get(theirs))}
